@@ -59,6 +59,8 @@ class Backend(Protocol):
     name: str
     # Name of the FIM format (a key of model/fim_formats.json), e.g. "starcoder".
     fim_format: str
+    # Prompt order the model was trained with: "spm" (cache-friendly) or "psm".
+    fim_order: str
     # Maximum tokens the model attends over (prompt + generation).
     context_length: int
 

@@ -1,0 +1,124 @@
+"""`rubytailor bench latency`: replay typing through a real stdio LSP session and print figures.
+
+For each scenario (a line of a sample file, deleted and then typed back one character
+at a time) the client sends the keystroke as an incremental change and asks for a
+streamed suggestion, like an editor showing ghost text. It prints p50/p95 of the time
+to the first partial and to the final suggestion, how many prompt tokens the backend
+reused from its KV cache, how often the suggestion cache answered without the model,
+and the server's resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rubytailor import paths
+from rubytailor.lsp_client import RubytailorClient, StreamOutcome, rss_mib, server_command
+from rubytailor.typing_replay import scenarios_from_file
+
+DEFAULT_FILES = [paths.REPO_ROOT / "examples" / "inventory.rb"]
+
+
+@dataclass
+class Tally:
+    outcomes: list[StreamOutcome] = field(default_factory=list)
+    exact_lines: int = 0
+    lines: int = 0
+
+    def by_source(self, *sources: str) -> list[StreamOutcome]:
+        return [o for o in self.outcomes if o.result.get("source") in sources]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[str, Any]]:
+    settings: dict[str, Any] = {"backend": args.backend, "diagnostics": False}
+    if args.model:
+        settings["modelPath"] = str(args.model)
+    if args.threads:
+        settings["threads"] = args.threads
+    client = RubytailorClient(server_command(), settings)
+    tally = Tally()
+    info: dict[str, Any] = {}
+    await client.start(paths.REPO_ROOT)
+    try:
+        for file_index, path in enumerate(args.files):
+            for n, scenario in enumerate(scenarios_from_file(path, args.lines, seed=args.seed)):
+                virtual = path.with_name(f"{path.stem}.bench{file_index}_{n}.rb")
+                uri = client.open(virtual, scenario.text)
+                # Warm-up request at the start of the line, as when the cursor lands there.
+                first = await client.stream(uri, scenario.line, scenario.column)
+                info = first.result or info
+                tally.lines += 1
+                if first.text.split("\n", 1)[0] == scenario.typed:
+                    tally.exact_lines += 1
+                column = scenario.column
+                for ch in scenario.typed[: args.max_keystrokes]:
+                    client.insert(uri, scenario.line, column, ch)
+                    column += 1
+                    tally.outcomes.append(await client.stream(uri, scenario.line, column))
+        memory = rss_mib(client.server_pid)
+    finally:
+        await client.stop()
+    return tally, memory, info
+
+
+def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: dict) -> str:
+    model_served = tally.by_source("model")
+    cached = tally.by_source("typed_through", "exact")
+    first = [o.first_partial_ms for o in model_served if o.first_partial_ms is not None]
+    final_model = [o.total_ms for o in model_served]
+    final_all = [o.total_ms for o in tally.outcomes]
+    prompt = sum(int(o.result.get("prompt_tokens") or 0) for o in model_served)
+    reused = sum(int(o.result.get("reused_tokens") or 0) for o in model_served)
+    lines = [
+        "rubytailor bench latency",
+        f"  machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        f"  backend: {args.backend}, model: {info.get('model_id', args.model or 'default')}",
+        f"  files: {', '.join(p.name for p in args.files)}; {tally.lines} lines typed, "
+        f"{len(tally.outcomes)} keystrokes, one streamed request each",
+        f"  answered by the model: {len(model_served)}, from the suggestion cache: {len(cached)}",
+        f"  time to first partial (model): p50 {percentile(first, 50):.1f} ms, "
+        f"p95 {percentile(first, 95):.1f} ms  ({len(first)} with text)",
+        f"  time to final (model):         p50 {percentile(final_model, 50):.1f} ms, "
+        f"p95 {percentile(final_model, 95):.1f} ms",
+        f"  time to final (all requests):  p50 {percentile(final_all, 50):.1f} ms, "
+        f"p95 {percentile(final_all, 95):.1f} ms",
+        f"  reused prompt tokens (model):  {reused}/{prompt} = "
+        f"{(reused / prompt if prompt else 0):.0%}",
+        f"  whole line suggested before the first keystroke: {tally.exact_lines}/{tally.lines}",
+        f"  server RSS: {memory:.0f} MiB" if memory is not None else "  server RSS: unknown",
+    ]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks that print figures")
+    parser.add_argument("what", choices=["latency"], help="which benchmark")
+    parser.add_argument("--model", type=Path, default=None, help="model directory")
+    parser.add_argument("--backend", default="transformers", help="transformers or fake")
+    parser.add_argument("--files", type=Path, nargs="+", default=DEFAULT_FILES)
+    parser.add_argument("--lines", type=int, default=12, help="lines typed per file")
+    parser.add_argument("--max-keystrokes", type=int, default=40, help="per line")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    tally, memory, info = asyncio.run(replay(args))
+    print(report(args, tally, memory, info))
+    return 0
