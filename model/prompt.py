@@ -113,9 +113,14 @@ def _tail_lines(text: str, cap: int, count_tokens: TokenCounter) -> tuple[str, i
         start -= 1
     if start == len(lines) - 1 and used > cap:
         last = lines[-1]
-        # Rough cut for one enormous line: keep as many trailing characters as tokens allowed.
+        # Rough cut for one enormous line: about 3 characters per token, then shrink until
+        # it fits (text like CJK or emoji can cost a token per byte).
         tail = last[-max(cap * 3, 1) :]
-        return tail, count_tokens(tail)
+        cost = count_tokens(tail)
+        while cost > cap and len(tail) > 1:
+            tail = tail[-min(len(tail) - 1, max(len(tail) * cap // cost, 1)) :]
+            cost = count_tokens(tail)
+        return tail, cost
     # Snap the window start forward to the next multiple of the step (never past the last line).
     snapped = min(-(-start // PREFIX_WINDOW_STEP) * PREFIX_WINDOW_STEP, len(lines) - 1)
     dropped = sum(costs[len(lines) - snapped :]) if snapped > start else 0

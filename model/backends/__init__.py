@@ -1,0 +1,82 @@
+"""Inference backends, chosen by name; heavy ones are imported only when chosen.
+
+Also home of ``rubytailor.json``, the small metadata file every model directory may
+carry (FIM format, prompt order, context length, how it was trained): the backends
+read it and the model builders (``model.tiny``, the trainer's export) write it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rubytailor.model.backends.base import Backend
+
+from rubytailor.errors import ConfigError, ModelError
+
+METADATA_FILE = "rubytailor.json"
+METADATA_VERSION = 1
+BACKEND_KINDS = ("transformers", "fake")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMetadata:
+    """The contents of ``rubytailor.json``: what a backend cannot learn from the HF files."""
+
+    fim_format: str
+    fim_order: str  # "spm" or "psm"
+    context_length: int
+    # Free-form record of how the model was made (steps, data, seed), kept for humans.
+    trained: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, model_dir: Path) -> Path:
+        path = Path(model_dir) / METADATA_FILE
+        data = {
+            "format_version": METADATA_VERSION,
+            "fim_format": self.fim_format,
+            "fim_order": self.fim_order,
+            "context_length": self.context_length,
+            "trained": self.trained,
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelMetadata | None:
+        """The model's metadata, or None when it has no ``rubytailor.json``."""
+        path = Path(model_dir) / METADATA_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format_version") != METADATA_VERSION:
+                raise ValueError(f"format_version {data.get('format_version')!r} is not supported")
+            order = data["fim_order"]
+            if order not in ("spm", "psm"):
+                raise ValueError(f"fim_order must be 'spm' or 'psm', not {order!r}")
+            return cls(
+                fim_format=str(data["fim_format"]),
+                fim_order=order,
+                context_length=int(data["context_length"]),
+                trained=dict(data.get("trained", {})),
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelError(
+                f"{path} is not valid model metadata ({exc}); fix it, or delete it to let "
+                "rubytailor detect the FIM format from the tokenizer"
+            ) from exc
+
+
+def load_backend(kind: str, model_path: Path, *, threads: int | None = None) -> Backend:
+    """Load the backend ``kind``; for "fake", ``model_path`` is its JSON script."""
+    if kind == "transformers":
+        from rubytailor.model.backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend.load(Path(model_path), threads=threads)
+    if kind == "fake":
+        from rubytailor.model.backends.fake import FakeBackend
+
+        return FakeBackend.from_file(Path(model_path))
+    raise ConfigError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKEND_KINDS)}")

@@ -1,0 +1,19 @@
+"""Fixtures shared across the test suite. Keep this small: only what several areas use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained, random-weight) GPTBigCode model directory, built once per session.
+
+    Loads with ``TransformersBackend.load``; about 0.3 s to build. Treat it as read-only:
+    tests that damage a model directory build their own with ``build_tiny_model``.
+    """
+    from rubytailor.model.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
