@@ -1,0 +1,203 @@
+-- rubytailor for Neovim (>= 0.10): starts `rubytailor serve` for Ruby buffers and
+-- streams its suggestions as ghost text.
+--
+--   require("rubytailor").setup({
+--     cmd = { "rubytailor", "serve" },
+--     settings = { backend = "transformers", maxLines = 8 },
+--   })
+
+local suggestion = require("rubytailor.suggestion")
+local ghost = require("rubytailor.ghost")
+
+local M = {}
+
+---@type rubytailor.Config|nil
+M.config = nil
+
+local group = nil ---@type integer|nil
+-- Bumped by every setup(), which clears the autocmds: buffers then need wiring again.
+local generation = 0
+local debounce = nil ---@type uv.uv_timer_t|nil
+local uv = vim.uv or vim.loop
+
+local function ghost_text_on()
+  return M.config ~= nil and M.config.ghost_text
+end
+
+---Accept the visible suggestion. Returns false when there is none (nothing happens),
+---so your own mapping can fall back: `if not require("rubytailor").accept() then ... end`.
+---@return boolean
+function M.accept()
+  return suggestion.accept()
+end
+
+---Accept the suggestion's first line (through its newline); the rest stays visible.
+---@return boolean
+function M.accept_line()
+  return suggestion.accept_line()
+end
+
+function M.dismiss()
+  suggestion.dismiss()
+end
+
+---@return boolean
+function M.visible()
+  return suggestion.visible()
+end
+
+---Ask for a suggestion at the cursor now (insert mode), without waiting for a keystroke.
+function M.request()
+  suggestion.request(vim.api.nvim_get_current_buf())
+end
+
+---Turn streamed ghost text on or off (the language server keeps running).
+---@param on boolean|nil  nil toggles
+function M.toggle(on)
+  if not M.config then
+    return
+  end
+  if on == nil then
+    on = not M.config.ghost_text
+  end
+  M.config.ghost_text = on
+  if not on then
+    suggestion.dismiss()
+  end
+end
+
+local function schedule_request(buf)
+  if not debounce then
+    debounce = uv.new_timer()
+  end
+  debounce:stop()
+  debounce:start(
+    M.config.debounce_ms,
+    0,
+    vim.schedule_wrap(function()
+      if ghost_text_on() and vim.api.nvim_get_current_buf() == buf then
+        suggestion.request(buf)
+      end
+    end)
+  )
+end
+
+local function cancel_scheduled()
+  if debounce then
+    debounce:stop()
+  end
+end
+
+-- An insert-mode mapping that acts when a suggestion is visible, else types its own key.
+local function map_key(buf, lhs, action, desc)
+  if not lhs then
+    return
+  end
+  vim.keymap.set("i", lhs, function()
+    if suggestion.visible() and action() then
+      return
+    end
+    vim.api.nvim_feedkeys(vim.keycode(lhs), "n", false)
+  end, { buffer = buf, desc = desc, silent = true })
+end
+
+---Wire one buffer: autocmds that drive suggestions, and the keymaps.
+---@param buf integer
+local function attach_buffer(buf)
+  if vim.b[buf].rubytailor_attached == generation then
+    return
+  end
+  vim.b[buf].rubytailor_attached = generation
+  local autocmd = function(event, callback)
+    vim.api.nvim_create_autocmd(event, { group = group, buffer = buf, callback = callback })
+  end
+  autocmd("InsertCharPre", function()
+    cancel_scheduled()
+    suggestion.on_char(vim.v.char)
+  end)
+  autocmd({ "TextChangedI", "TextChangedP" }, function()
+    if not ghost_text_on() or suggestion.absorbed(buf) then
+      return
+    end
+    schedule_request(buf)
+  end)
+  autocmd("CursorMovedI", function()
+    suggestion.on_cursor_moved()
+  end)
+  autocmd({ "InsertLeave", "BufLeave" }, function()
+    cancel_scheduled()
+    suggestion.dismiss()
+  end)
+
+  local keys = M.config.keymaps
+  map_key(buf, keys.accept, suggestion.accept, "rubytailor: accept suggestion")
+  map_key(buf, keys.accept_line, suggestion.accept_line, "rubytailor: accept suggestion line")
+  map_key(buf, keys.dismiss, function()
+    suggestion.dismiss()
+    return true
+  end, "rubytailor: dismiss suggestion")
+end
+
+-- An empty Lua table would go out as a JSON array; settings are an object.
+local function as_object(t)
+  return next(t) == nil and vim.empty_dict() or t
+end
+
+---Start (or reuse) the server for `buf` and attach it.
+---@param buf integer
+function M.start(buf)
+  local config = M.config
+  if not config then
+    return
+  end
+  local path = vim.api.nvim_buf_get_name(buf)
+  local root = vim.fs.root(buf, config.root_markers)
+  if not root then
+    root = path ~= "" and vim.fs.dirname(path) or uv.cwd()
+  end
+  vim.lsp.start({
+    name = "rubytailor",
+    cmd = config.cmd,
+    root_dir = root,
+    init_options = as_object(config.settings),
+    -- Answers the server's workspace/configuration pulls for the "rubytailor" section.
+    settings = { rubytailor = as_object(config.settings) },
+    handlers = {
+      ["rubytailor/partial"] = suggestion.on_partial,
+    },
+    on_attach = function(_, attached)
+      attach_buffer(attached)
+    end,
+  }, { bufnr = buf })
+end
+
+---@param opts table|nil  see lua/rubytailor/config.lua for every option
+function M.setup(opts)
+  if vim.fn.has("nvim-0.10") == 0 then
+    vim.notify("rubytailor needs Neovim 0.10 or newer", vim.log.levels.ERROR)
+    return
+  end
+  M.config = require("rubytailor.config").resolve(opts)
+  suggestion.configure(M.config)
+  vim.api.nvim_set_hl(0, M.config.hl_group, { link = "Comment", default = true })
+
+  group = vim.api.nvim_create_augroup("rubytailor", { clear = true })
+  generation = generation + 1
+  vim.api.nvim_create_autocmd("FileType", {
+    group = group,
+    pattern = M.config.filetypes,
+    callback = function(args)
+      M.start(args.buf)
+    end,
+  })
+  -- Buffers opened before setup() ran (lazy loading).
+  for _, buf in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(buf) and vim.tbl_contains(M.config.filetypes, vim.bo[buf].filetype) then
+      M.start(buf)
+    end
+  end
+end
+
+M._ghost_namespace = ghost.ns
+
+return M
