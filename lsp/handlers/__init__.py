@@ -1,0 +1,22 @@
+"""LSP handlers, one module per method or small group; each is a few lines that delegate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rubytailor.lsp.server import RubytailorServer
+
+
+def register_all(server: RubytailorServer) -> None:
+    from rubytailor.lsp.handlers import (
+        completion,
+        documents,
+        inline_completion,
+        inline_stream,
+        lifecycle,
+        status,
+    )
+
+    for module in (lifecycle, documents, inline_completion, completion, inline_stream, status):
+        module.register(server)

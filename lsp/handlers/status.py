@@ -1,0 +1,38 @@
+"""rubytailor/status: what the server is running, for editor status lines and bug reports.
+
+Returns the model id and any load error, whether Prism works, the negotiated position
+encoding and the effective settings. Backends may expose counters (the scripted fake
+reports ``pieces_after_cancel``), which lets end-to-end tests measure cancellation
+from outside the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rubytailor.lsp.server import RubytailorServer
+
+STATUS_METHOD = "rubytailor/status"
+# Numeric attributes a backend may carry that are worth showing.
+BACKEND_COUNTERS = ("pieces_after_cancel",)
+
+
+def register(server: RubytailorServer) -> None:
+    @server.feature(STATUS_METHOD)
+    async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
+        completer = ls.completer
+        backend = completer.backend
+        counters = {
+            name: getattr(backend, name)
+            for name in BACKEND_COUNTERS
+            if isinstance(getattr(backend, name, None), int)
+        }
+        return {
+            "model_id": completer.model_id,
+            "model_error": str(completer.model_error) if completer.model_error else None,
+            "prism_error": str(completer.prism_error) if completer.prism_error else None,
+            "position_encoding": ls.position_encoding,
+            "settings": dataclasses.asdict(ls.settings),
+            "backend_counters": counters,
+        }

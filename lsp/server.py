@@ -1,0 +1,221 @@
+"""The pygls language server: its state, and the few operations handlers share.
+
+Threads: the asyncio event loop runs the protocol and every handler; one worker thread
+("rubytailor-model") loads and runs the model, since backends are not thread-safe;
+one more ("rubytailor-prism") computes syntax diagnostics so they never queue behind
+a generation. Handlers live in ``lsp/handlers``, one module per LSP method or group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcServerNotInitialized
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+
+from rubytailor import __version__
+from rubytailor.config import Settings, settings_from_wire
+from rubytailor.lsp.diagnostics import RUBY_SUFFIXES, DiagnosticsPublisher
+from rubytailor.lsp.inflight import InFlight
+from rubytailor.lsp.snapshot import UTF16, Snapshot
+from rubytailor.lsp.worker import Worker
+from rubytailor.model.completer import Completer, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+# How long a completion waits for the settings of `initialized` before using what it has.
+SETTINGS_WAIT_S = 5.0
+
+
+class RubytailorProtocol(LanguageServerProtocol):
+    """Answers requests sent before ``initialize`` with ServerNotInitialized (-32002).
+
+    The LSP specification asks for that error; pygls alone would run the handler
+    against a workspace that does not exist yet and answer with an internal error.
+    """
+
+    def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
+        if self._workspace is None and method_name != types.INITIALIZE:
+            logger.warning(
+                "request %r before initialize; answering ServerNotInitialized", method_name
+            )
+            error = JsonRpcServerNotInitialized(
+                f"{method_name} was sent before initialize; send initialize first"
+            )
+            self._send_response(msg_id, None, error.to_response_error())
+            return
+        super()._handle_request(msg_id, method_name, params)
+
+
+class RubytailorServer(LanguageServer):
+    def __init__(
+        self,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        completer: Completer | None = None,
+    ) -> None:
+        super().__init__(
+            name="rubytailor",
+            version=__version__,
+            protocol_cls=RubytailorProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
+        # Settings layers, lowest first: command line, initializationOptions, client.
+        self.overrides: dict[str, Any] = dict(overrides or {})
+        self.init_options: Mapping[str, Any] | None = None
+        self.client_settings: Mapping[str, Any] | None = None
+        self.supports_configuration = False
+        self.settings, problems = settings_from_wire(self.overrides)
+        for problem in problems:
+            logger.warning("command-line setting: %s", problem)
+        self.last_problems: list[str] = []
+        self.completer = completer or Completer(model_spec(self.settings))
+        self.model_thread = Worker("rubytailor-model")
+        self.inflight = InFlight()
+        self.diagnostics = DiagnosticsPublisher(self)
+        # Set once `initialized` has gathered the client's settings.
+        self.settings_ready = asyncio.Event()
+        self._shown: set[str] = set()
+        self._model_loads = 0
+
+    # -- documents ---------------------------------------------------------------------
+
+    @property
+    def position_encoding(self) -> str:
+        encoding = self.workspace.position_encoding
+        return str(getattr(encoding, "value", encoding) or UTF16)
+
+    def snapshot(self, uri: str) -> Snapshot | None:
+        """An immutable copy of an open document, or None if the client never opened it."""
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            return None
+        return Snapshot(
+            uri=uri,
+            version=document.version,
+            text=document.source,
+            encoding=self.position_encoding,
+        )
+
+    def is_ruby(self, uri: str) -> bool:
+        """Whether an open document is Ruby, so that Prism's errors mean something for it."""
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            return False
+        if document.language_id:
+            return document.language_id == "ruby"
+        return uri.endswith(RUBY_SUFFIXES)
+
+    def document_version(self, uri: str) -> int | None:
+        document = self.workspace.text_documents.get(unquote(uri))
+        return None if document is None else document.version
+
+    def open_uris(self) -> list[str]:
+        return [doc.uri for doc in self.workspace.text_documents.values()]
+
+    # -- messages ----------------------------------------------------------------------
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        logger.log(
+            logging.ERROR if kind == types.MessageType.Error else logging.WARNING, "%s", message
+        )
+        self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+
+    def show_once(self, kind: types.MessageType, message: str, key: str | None = None) -> None:
+        """Show a message the first time only; ``key`` groups messages that say the same."""
+        key = key or message
+        if key in self._shown:
+            logger.debug("not repeating: %s", message)
+            return
+        self._shown.add(key)
+        self.show(kind, message)
+
+    # -- settings and model ------------------------------------------------------------
+
+    def apply_settings(self, settings: Settings, problems: list[str]) -> None:
+        """Switch to new settings: report problems, reload the model if it changed."""
+        previous = self.settings
+        self.settings = settings
+        if problems and problems != self.last_problems:
+            self.show(
+                types.MessageType.Warning,
+                "rubytailor: some settings are invalid and use their defaults: "
+                + " ".join(problems),
+            )
+        self.last_problems = problems
+        model_changed = settings.model_key != previous.model_key or self._model_loads == 0
+        if model_changed or self.completer.model_error is not None:
+            # A model that failed to load gets another try whenever settings change.
+            self.load_model()
+        if settings.diagnostics != previous.diagnostics:
+            self.diagnostics.refresh_all()
+
+    def load_model(self) -> asyncio.Future[None]:
+        """(Re)load the model on the model thread; report a failure once per message."""
+        spec = model_spec(self.settings)
+        self._model_loads += 1
+        # Work for the previous model is moot; stop it within a token.
+        self.inflight.cancel_all()
+
+        def job() -> None:
+            if self.completer.reconfigure(spec):
+                logger.info("model set to %s %s", spec.backend, spec.path)
+            self.completer.load(retry=True)
+
+        future = asyncio.wrap_future(self.model_thread.submit(job))
+        future.add_done_callback(lambda _f: self.report_model_state())
+        return future
+
+    def report_model_state(self) -> None:
+        error = self.completer.model_error
+        if error is not None:
+            self.show_once(
+                types.MessageType.Error, f"rubytailor has no model, so no suggestions: {error}"
+            )
+        prism_error = self.completer.prism_error
+        if prism_error is not None:
+            self.show_once(
+                types.MessageType.Warning,
+                f"rubytailor suggestions are not syntax-checked: {prism_error}",
+            )
+
+    async def wait_for_settings(self) -> None:
+        if self.settings_ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.settings_ready.wait(), SETTINGS_WAIT_S)
+        except TimeoutError:
+            logger.warning(
+                "no `initialized` after %.0f s; using the settings so far", SETTINGS_WAIT_S
+            )
+            self.settings_ready.set()
+
+    def shutdown(self) -> None:
+        self.inflight.cancel_all()
+        self.diagnostics.close()
+        self.model_thread.shutdown()
+        super().shutdown()
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec(
+        backend=settings.backend,
+        path=Path(settings.model_path).expanduser(),
+        threads=settings.threads,
+    )
+
+
+def create_server(overrides: Mapping[str, Any] | None = None) -> RubytailorServer:
+    """A server with every handler registered; ``overrides`` are wire-format settings."""
+    from rubytailor.lsp.handlers import register_all
+
+    server = RubytailorServer(overrides=overrides)
+    register_all(server)
+    return server

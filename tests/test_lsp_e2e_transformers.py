@@ -1,0 +1,39 @@
+"""The whole path with a real model: the transformers backend on the tiny test model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lsp_support import edit, inline, open_doc, session, stream
+
+pytestmark = pytest.mark.slow
+
+URI = "file:///work/app/orders.rb"
+DOC = "class Orders\n  def total(items)\n    \n  end\nend\n"
+
+
+async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
+    tiny_model_dir: Path,
+) -> None:
+    settings = {"backend": "transformers", "modelPath": str(tiny_model_dir), "maxTokens": 16}
+    async with session(settings) as client:
+        open_doc(client, URI, DOC)
+        first, partials = await stream(client, URI, 2, 4)
+        # Type a character that is not the start of the suggestion, so the model is asked
+        # again with a prompt that extends the previous one (SPM order: prefix last).
+        typed = "q" if not first["text"].startswith("q") else "z"
+        edit(client, URI, 2, (2, 4), (2, 4), typed)
+        second, _ = await stream(client, URI, 2, 5)
+        answer = await inline(client, URI, 2, 5)
+    assert first["source"] == "model" and first["model_id"] not in ("", "none")
+    assert first["prompt_tokens"] > 0
+    assert first["verdict"] in ("ok", "trimmed", "dropped", "empty")
+    assert "".join(p["text"] for p in partials) == first["text"]
+    assert partials[-1]["done"] is True
+    assert second["source"] == "model" and second["version"] == 2
+    assert 0 < second["reused_tokens"] < second["prompt_tokens"]
+    # The inline request at the same state is the same (cached) suggestion.
+    texts = [item.insert_text for item in answer.items]
+    assert texts == ([second["text"]] if second["text"] else [])
+    assert not client.messages, [m.message for m in client.messages]
