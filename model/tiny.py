@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, PreTrainedTokenizerFast
+
 from rubytailor.model.backends import ModelMetadata
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import training_text
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 

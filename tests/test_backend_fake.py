@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from rubytailor.errors import ConfigError, ModelError
 from rubytailor.model.backends import load_backend
 from rubytailor.model.backends.base import (
     Backend,
@@ -16,8 +18,6 @@ from rubytailor.model.backends.base import (
     GenerationStats,
 )
 from rubytailor.model.backends.fake import FakeBackend
-
-from rubytailor.errors import ConfigError, ModelError
 
 
 def run(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from rubytailor.errors import ModelError
 from rubytailor.model.backends import METADATA_FILE, load_backend
 from rubytailor.model.backends.base import (
     Backend,
@@ -22,8 +24,6 @@ from rubytailor.model.backends.transformers_backend import IncrementalDecoder, T
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import assemble
 from rubytailor.model.tiny import build_tiny_model
-
-from rubytailor.errors import ModelError
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+
 from rubytailor.model.fim import all_formats, detect_format, get_format
 from rubytailor.model.prompt import (
     PREFIX_WINDOW_STEP,

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+
 from rubytailor.model.stop_rules import StopConfig, StopRules, is_single_line_position
 
 

@@ -6,6 +6,7 @@ import gc
 import tracemalloc
 
 import pytest
+
 from rubytailor.model.suggestion_cache import CacheHit, SuggestionCache
 
 DOC = "file:///app/models/order.rb"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from rubytailor.model.syntax_check import Verdict, check_suggestion, line_prefixes
 
+from rubytailor.model.syntax_check import Verdict, check_suggestion, line_prefixes
 from rubytailor.paths import prism_wasm_path
 from rubytailor.prism import Prism
 

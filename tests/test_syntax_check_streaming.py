@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from rubytailor.model.syntax_check import StreamingCheck, Verdict, check_suggestion
 
+from rubytailor.model.syntax_check import StreamingCheck, Verdict, check_suggestion
 from rubytailor.paths import prism_wasm_path
 from rubytailor.prism import Prism
 

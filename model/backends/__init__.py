@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rubytailor.model.backends.base import Backend
-
 from rubytailor.errors import ConfigError, ModelError
+from rubytailor.model.backends.base import Backend
 
 METADATA_FILE = "rubytailor.json"
 METADATA_VERSION = 1

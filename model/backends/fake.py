@@ -16,9 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
-
 from rubytailor.errors import ModelError
+from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,6 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch
-from rubytailor.model.backends import ModelMetadata
-from rubytailor.model.backends.base import (
-    CancelToken,
-    GenerationParams,
-    GenerationStats,
-)
-from rubytailor.model.fim import FimFormat, detect_format, get_format
 from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
@@ -44,6 +37,13 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from rubytailor.errors import ModelError
+from rubytailor.model.backends import ModelMetadata
+from rubytailor.model.backends.base import (
+    CancelToken,
+    GenerationParams,
+    GenerationStats,
+)
+from rubytailor.model.fim import FimFormat, detect_format, get_format
 
 log = logging.getLogger(__name__)
 
