@@ -55,6 +55,9 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
     info: dict[str, Any] = {}
     await client.start(paths.REPO_ROOT)
     try:
+        info = await client.wait_until_ready()
+        if info.get("model_error"):
+            raise RuntimeError(f"the server has no model: {info['model_error']}")
         for file_index, path in enumerate(args.files):
             for n, scenario in enumerate(scenarios_from_file(path, args.lines, seed=args.seed)):
                 virtual = path.with_name(f"{path.stem}.bench{file_index}_{n}.rb")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ def resolve_model(model: Path | None) -> tuple[Path, str]:
     return tiny, f"model: tiny demo model built at setup ({tiny}); it knows little Ruby"
 
 
+def _previous_code_line(text: str, line: int) -> str:
+    """The nearest non-blank line above ``line``, to show where the cursor is."""
+    lines = text.splitlines()[:line]
+    return next((x for x in reversed(lines) if x.strip()), "")
+
+
 def show(text: str) -> str:
     return text.replace("\n", "⏎\n      ") if text else "(nothing)"
 
@@ -48,11 +55,20 @@ async def session(args: argparse.Namespace) -> None:
     print(f"rubytailor demo — {origin}")
     print(f"server: {' '.join(server_command())} (stdio)\n")
     client = RubytailorClient(server_command(), settings)
+    started = time.perf_counter()
     await client.start(paths.REPO_ROOT)
     try:
+        status = await client.wait_until_ready()
+        if status.get("model_error"):
+            print(f"the server has no model: {status['model_error']}")
+            return
+        print(
+            f"server ready, model {status.get('model_id')} loaded in "
+            f"{time.perf_counter() - started:.1f} s\n"
+        )
         for n, scenario in enumerate(scenarios_from_file(args.file, args.cases, seed=args.seed)):
             uri = client.open(args.file.with_name(f"{args.file.stem}.demo{n}.rb"), scenario.text)
-            before = scenario.text.splitlines()[scenario.line - 1] if scenario.line else ""
+            before = _previous_code_line(scenario.text, scenario.line)
             print(f"── {args.file.name}:{scenario.line + 1}:{scenario.column + 1}")
             print(f"   {before}")
             print(f"   {' ' * scenario.column}▌   (the line was: {scenario.typed})")

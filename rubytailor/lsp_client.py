@@ -19,6 +19,7 @@ from pygls.lsp.client import LanguageClient
 
 STREAM_METHOD = "rubytailor/inlineStream"
 PARTIAL_METHOD = "rubytailor/partial"
+STATUS_METHOD = "rubytailor/status"
 
 
 def field_of(obj: Any, name: str, default: Any = None) -> Any:
@@ -92,6 +93,19 @@ class RubytailorClient:
             )
         )
         self.client.initialized(types.InitializedParams())
+
+    async def status(self) -> dict[str, Any]:
+        return _to_dict(await self.client.protocol.send_request_async(STATUS_METHOD, {}))
+
+    async def wait_until_ready(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        """Poll `rubytailor/status` until the model is loaded (or failed to load)."""
+        deadline = time.perf_counter() + timeout_s
+        while True:
+            status = await self.status()
+            ready = status.get("model_id") not in (None, "none") or status.get("model_error")
+            if ready or time.perf_counter() > deadline:
+                return status
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         try:

@@ -26,7 +26,7 @@ def test_empty_settings_are_the_documented_defaults() -> None:
     assert (settings.max_lines, settings.max_tokens, settings.max_prompt_tokens) == (8, 64, 1024)
     assert settings.max_file_bytes == 1_000_000
     assert settings.diagnostics is True
-    assert settings.threads is None
+    assert settings.threads == 1
 
 
 def test_camel_case_keys_set_fields() -> None:
