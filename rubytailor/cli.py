@@ -36,6 +36,12 @@ COMMANDS: list[tuple[str, str]] = [
     ("doctor", "rubytailor.cli:add_doctor_parser"),
     ("demo", "rubytailor.demo"),
     ("bench", "rubytailor.bench"),
+    ("corpus", "rubytailor.training.cli_data:add_corpus_parser"),
+    ("tokenizer", "rubytailor.training.cli_data:add_tokenizer_parser"),
+    ("prepare", "rubytailor.training.cli_data:add_prepare_parser"),
+    ("train", "rubytailor.training.cli_train"),
+    ("export", "rubytailor.training.cli_eval:add_export_parser"),
+    ("eval", "rubytailor.training.cli_eval:add_eval_parser"),
 ]
 
 BACKENDS = typing.get_args(BackendKind)
