@@ -15,6 +15,7 @@ import asyncio
 import os
 import platform
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from rubytailor import paths
 from rubytailor.lsp_client import RubytailorClient, StreamOutcome, rss_mib, server_command
 from rubytailor.typing_replay import scenarios_from_file
 
+# The newer request goes out this long after the older one, mid-generation.
+SUPERSEDE_AFTER_S = 0.005
 DEFAULT_FILES = [paths.REPO_ROOT / "examples" / "inventory.rb"]
 
 
@@ -31,6 +34,8 @@ class Tally:
     outcomes: list[StreamOutcome] = field(default_factory=list)
     exact_lines: int = 0
     lines: int = 0
+    # Milliseconds from a newer request for the same document to the older one's answer.
+    supersede_ms: list[float] = field(default_factory=list)
 
     def by_source(self, *sources: str) -> list[StreamOutcome]:
         return [o for o in self.outcomes if o.result.get("source") in sources]
@@ -73,10 +78,31 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
                     client.insert(uri, scenario.line, column, ch)
                     column += 1
                     tally.outcomes.append(await client.stream(uri, scenario.line, column))
+                await measure_supersede(client, uri, scenario.line + 1, tally)
         memory = rss_mib(client.server_pid)
     finally:
         await client.stop()
     return tally, memory, info
+
+
+async def measure_supersede(client: RubytailorClient, uri: str, line: int, tally: Tally) -> None:
+    """Start a suggestion on a fresh line, then a newer request for the same document.
+
+    The older request's generation must stop within one token; the time from sending
+    the newer request to the older one's answer is what an editor waits for.
+    """
+    client.insert(uri, line, 0, "\n")
+    older = asyncio.ensure_future(client.stream(uri, line, 0))
+    await asyncio.sleep(SUPERSEDE_AFTER_S)
+    if older.done():
+        await older
+        return
+    sent = time.perf_counter()
+    newer = asyncio.ensure_future(client.stream(uri, line, 0))
+    outcome = await older
+    if outcome.result.get("cancelled"):
+        tally.supersede_ms.append((time.perf_counter() - sent) * 1000)
+    await newer
 
 
 def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: dict) -> str:
@@ -102,6 +128,9 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
         f"p95 {percentile(final_all, 95):.1f} ms",
         f"  reused prompt tokens (model):  {reused}/{prompt} = "
         f"{(reused / prompt if prompt else 0):.0%}",
+        f"  superseded request answered (newer keystroke, same document): "
+        f"p50 {percentile(tally.supersede_ms, 50):.1f} ms, "
+        f"p95 {percentile(tally.supersede_ms, 95):.1f} ms  ({len(tally.supersede_ms)} cases)",
         f"  whole line suggested before the first keystroke: {tally.exact_lines}/{tally.lines}",
         f"  server RSS: {memory:.0f} MiB" if memory is not None else "  server RSS: unknown",
     ]
