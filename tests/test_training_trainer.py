@@ -1,0 +1,121 @@
+"""The trainer: loss goes down, checkpoints resume with the same data order, schedule shape."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rubytailor.training import trainer as trainer_mod
+from rubytailor.training.trainer import (
+    ModelShape,
+    TrainConfig,
+    load_trained_model,
+    lr_at,
+    train,
+    window_ids,
+)
+
+SEQ = 16
+
+
+def _data(tmp_path: Path) -> Path:
+    """A learnable token stream: counting runs 6..37 with a random start every 32 tokens."""
+    rng = np.random.default_rng(0)
+    runs = [(np.arange(32) + rng.integers(32)) % 32 + 6 for _ in range(300)]
+    data = tmp_path / "data"
+    data.mkdir()
+    np.concatenate(runs).astype(np.uint16).tofile(data / "train.bin")
+    np.concatenate(runs[:20]).astype(np.uint16).tofile(data / "validation.bin")
+    return data
+
+
+def _config(tmp_path: Path, run: str, **overrides: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "data_dir": _data(tmp_path) if not (tmp_path / "data").exists() else tmp_path / "data",
+        "run_dir": tmp_path / run,
+        "vocab_size": 48,
+        "shape": ModelShape(n_embd=32, n_layer=1, n_head=2, n_positions=SEQ),
+        "seq_len": SEQ,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 5,
+        "max_steps": 60,
+        "checkpoint_minutes": 60.0,
+        "log_every": 5,
+        "eval_every": 1000,
+        "eval_batches": 2,
+        "threads": 1,
+        "device": "cpu",
+    }
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_a_short_run_lowers_the_loss_and_writes_its_run_files(tmp_path: Path) -> None:
+    state = train(_config(tmp_path, "run"))
+    losses = [h["loss"] for h in state.history if "loss" in h]
+    assert losses[-1] < losses[0] - 1.0  # random-init loss is ~ln(48) = 3.9
+    val = [h["val_loss"] for h in state.history if "val_loss" in h]
+    assert val and val[-1] < 3.0
+    run = tmp_path / "run"
+    assert (run / "checkpoint.pt").is_file()
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "tok_s", "tokens"} <= set(metrics[0])
+    model, saved = load_trained_model(run)
+    assert saved["step"] == 60 and not model.config.multi_query
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = train(_config(tmp_path, "straight", max_steps=12))
+
+    real_get_batch = trainer_mod.get_batch
+    calls = {"n": 0}
+
+    def dying_get_batch(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 8:  # die while fetching step 8's batch: 7 steps are done
+            raise KeyboardInterrupt
+        return real_get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "get_batch", dying_get_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "killed", max_steps=12, checkpoint_minutes=0.0))
+    monkeypatch.setattr(trainer_mod, "get_batch", real_get_batch)
+    saved = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    assert saved["state"]["step"] == 7
+
+    resumed = train(_config(tmp_path, "killed", max_steps=12, checkpoint_minutes=0.0))
+    assert resumed.step == 12 and resumed.tokens_seen == straight.tokens_seen
+    resumed_steps = [h["step"] for h in resumed.history if "loss" in h]
+    assert resumed_steps == [5, 10]  # history carried over, logging continued after step 7
+    a, _ = load_trained_model(tmp_path / "straight")
+    b, _ = load_trained_model(tmp_path / "killed")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+
+
+def test_every_window_is_seen_once_per_epoch_and_ranks_do_not_overlap() -> None:
+    n = 20
+    epoch = [i for step in range(5) for i in window_ids(step, 4, 0, 1, n, seed=1)]
+    assert sorted(epoch) == list(range(n))
+    next_epoch = [i for step in range(5, 10) for i in window_ids(step, 4, 0, 1, n, seed=1)]
+    assert sorted(next_epoch) == list(range(n)) and next_epoch != epoch
+    r0 = window_ids(0, 4, 0, 2, n, seed=1)
+    r1 = window_ids(0, 4, 1, 2, n, seed=1)
+    assert not set(r0) & set(r1)
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    config = TrainConfig(data_dir=Path(), run_dir=Path(), lr=1e-3, warmup_steps=10)
+    lrs = [lr_at(s, config, 100) for s in range(101)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[100] == pytest.approx(1e-4)  # min_lr_ratio 0.1

@@ -1,0 +1,155 @@
+"""Training examples: files cut into context-sized chunks, FIM-transformed, tokenized, packed.
+
+Every FIM example is made by ``model/prompt.py``'s ``training_text`` — the same function
+that builds serving prompts — so training and serving can never drift apart.
+
+A chunk becomes, with probability ``fim_rate``, a FIM example (SPM with probability
+``spm_rate``, else PSM) and otherwise plain text (``<|endoftext|>`` after a file's last
+chunk). Half of
+the FIM middles are "rest of the line, maybe a few more lines" from a random point (what
+an editor asks for), half are a random character span (StarCoder's recipe).
+
+Tokenization follows serving: the prompt (what the server sends) and the completion
+(middle + end-of-text) are tokenized separately and their ids concatenated. Tokenizing
+the SPM string in one piece would merge the end of the prefix with the start of the
+middle ("    " + "def" -> "   " + " def"), a token boundary the model never meets when
+serving, where the prompt ends at the cursor. The first default model was trained that
+way and learned to answer end-of-text after indentation.
+
+The result is one flat uint16 token file (``<split>.bin``) plus ``<split>.json``
+metadata; the trainer reads fixed windows from it through a numpy memmap (packing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from rubytailor.model.fim import FimFormat, FimOrder
+from rubytailor.model.prompt import assemble, training_text
+
+log = logging.getLogger(__name__)
+
+BatchEncoder = Callable[[list[str]], list[list[int]]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FimConfig:
+    fim_rate: float = 0.5
+    spm_rate: float = 0.7  # serving uses SPM (cache-friendly), so it gets most examples
+    line_middle_rate: float = 0.5
+    chunk_chars: int = 800  # about one training window of tokens at ~3.7 bytes/token
+    seed: int = 0
+
+
+def chunk_lines(text: str, max_chars: int) -> list[str]:
+    """Cut ``text`` into runs of whole lines of at most ``max_chars`` (a longer line alone)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        if current and size + len(line) > max_chars:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        chunks.append("".join(current))
+    return chunks
+
+
+def fim_split(text: str, rng: random.Random, line_middle_rate: float) -> tuple[str, str, str]:
+    """Pick (prefix, middle, suffix) of ``text``; their concatenation is ``text``."""
+    if rng.random() < line_middle_rate:
+        start = rng.randrange(len(text) + 1)
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        # Sometimes the middle runs over a few more whole lines, as multi-line suggestions do.
+        for _ in range(rng.choice((0, 0, 0, 1, 2, 4))):
+            nxt = text.find("\n", end + 1)
+            end = len(text) if nxt < 0 else nxt
+        return text[:start], text[start:end], text[end:]
+    a, b = sorted((rng.randrange(len(text) + 1), rng.randrange(len(text) + 1)))
+    return text[:a], text[a:b], text[b:]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: ``prompt + completion`` is its text, tokenized in two parts."""
+
+    prompt: str  # the serving prompt ("" for plain text)
+    completion: str  # what the model writes after it
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+def make_examples(texts: Iterable[str], fmt: FimFormat, config: FimConfig) -> Iterator[Example]:
+    """Training examples for ``texts``, deterministic for a given ``config.seed``."""
+    rng = random.Random(config.seed)
+    for text in texts:
+        chunks = chunk_lines(text, config.chunk_chars)
+        for n, chunk in enumerate(chunks):
+            if rng.random() < config.fim_rate:
+                prefix, middle, suffix = fim_split(chunk, rng, config.line_middle_rate)
+                order: FimOrder = "spm" if rng.random() < config.spm_rate else "psm"
+                full = training_text(prefix, middle, suffix, fmt, order)
+                prompt = assemble(prefix, suffix, fmt, order)
+                yield Example(prompt=prompt, completion=full[len(prompt) :])
+            else:
+                # Plain chunks of one file run on into each other: end-of-text only at its end.
+                yield Example(
+                    prompt="", completion=chunk + (fmt.eos[0] if n == len(chunks) - 1 else "")
+                )
+
+
+def write_token_file(
+    examples: Iterable[Example], encode_batch: BatchEncoder, out: Path, meta: dict[str, object]
+) -> int:
+    """Tokenize ``examples`` into ``out`` (.bin, uint16); returns the number of tokens."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    total = 0
+    with out.open("wb") as fh:
+        batch: list[Example] = []
+        for example in examples:
+            batch.append(example)
+            if len(batch) >= 512:
+                total += _flush(batch, encode_batch, fh)
+                batch = []
+        if batch:
+            total += _flush(batch, encode_batch, fh)
+    meta = {**meta, "tokens": total, "dtype": "uint16"}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %d tokens to %s", total, out)
+    return total
+
+
+def example_ids(examples: list[Example], encode_batch: BatchEncoder) -> list[list[int]]:
+    """Token ids of each example: its prompt and its completion encoded separately."""
+    prompts = encode_batch([e.prompt for e in examples])
+    completions = encode_batch([e.completion for e in examples])
+    return [p + c for p, c in zip(prompts, completions, strict=True)]
+
+
+def _flush(batch: list[Example], encode_batch: BatchEncoder, fh: BinaryIO) -> int:
+    ids = example_ids(batch, encode_batch)
+    flat = np.fromiter((i for seq in ids for i in seq), dtype=np.uint16)
+    fh.write(flat.tobytes())
+    return int(flat.size)
+
+
+def load_tokens(path: Path) -> np.ndarray:
+    """The packed token stream of one split, memory-mapped read-only."""
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def config_dict(config: FimConfig) -> dict[str, object]:
+    return asdict(config)
