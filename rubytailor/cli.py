@@ -48,13 +48,17 @@ BACKENDS = typing.get_args(BackendKind)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ``only`` one subcommand: then the other commands'
+    modules are not imported (the trainer's torch import would slow `serve` down)."""
     parser = argparse.ArgumentParser(
         prog="rubytailor", description="Local, private AI code completion for Ruby."
     )
     parser.add_argument("--version", action="version", version=f"rubytailor {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, target in COMMANDS:
+        if only is not None and name != only:
+            continue
         module_name, _, function_name = target.partition(":")
         try:
             add = getattr(importlib.import_module(module_name), function_name or "add_parser")
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    named = words[0] if words and words[0] in dict(COMMANDS) else None
+    parser = build_parser(only=named)
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_anything", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
