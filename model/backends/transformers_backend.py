@@ -433,9 +433,21 @@ def _config_context_length(config: Any) -> int | None:
 
 
 def _model_id(model_dir: Path) -> str:
-    """Directory name plus a short hash of the config and the weight files' names and sizes."""
+    """Directory name plus a short hash of the config and the weight files.
+
+    Each weight file contributes its name, size, and first and last MiB: retrained weights
+    of the same shape get a new id, and a multi-GB model is not read whole at load time.
+    """
     digest = hashlib.sha256((model_dir / "config.json").read_bytes())
     for path in sorted(model_dir.iterdir()):
         if path.suffix in (".safetensors", ".bin"):
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
+            size = path.stat().st_size
+            digest.update(f"{path.name}:{size}".encode())
+            with path.open("rb") as f:
+                digest.update(f.read(_ID_SAMPLE_BYTES))
+                f.seek(max(size - _ID_SAMPLE_BYTES, 0))
+                digest.update(f.read(_ID_SAMPLE_BYTES))
     return f"{model_dir.name}@{digest.hexdigest()[:10]}"
+
+
+_ID_SAMPLE_BYTES = 1 << 20
