@@ -46,7 +46,10 @@ def _previous_code_line(text: str, line: int) -> str:
 
 
 def show(text: str) -> str:
-    return text.replace("\n", "⏎\n      ") if text else "(nothing)"
+    """Text on the terminal, line ends drawn as ⏎ and later lines indented under the first."""
+    if not text:
+        return "(nothing)"
+    return "⏎\n                        ".join(text.split("\n")).rstrip()
 
 
 async def session(args: argparse.Namespace) -> None:
