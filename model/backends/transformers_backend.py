@@ -84,6 +84,10 @@ class TransformersBackend:
         self.model_id = model_id
         self._device = next(model.parameters()).device
         self._stop_ids = _stop_token_ids(tokenizer, fim, model.config)
+        self._special_ids = frozenset(tokenizer.all_special_ids) | frozenset(self._stop_ids)
+        self._texts: list[str] | None = None
+        # See _heal; off only to compare with plain generation.
+        self.token_healing = True
         self._lead_ids = _leading_special_ids(tokenizer)
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache: Any = None  # DynamicCache of the previous call
@@ -167,8 +171,9 @@ class TransformersBackend:
     ) -> Iterator[str]:
         started = time.perf_counter()
         ids = self._encode_prompt(prompt, params)
-        max_new = min(params.max_new_tokens, self.context_length - len(ids))
         stats.prompt_tokens = len(ids)
+        ids, healed, allowed = self._heal(ids)
+        max_new = min(params.max_new_tokens, self.context_length - len(ids))
         stats.reused_tokens = self._reuse_cache(ids)
         pending = ids[stats.reused_tokens :]
         generator = None
@@ -187,7 +192,12 @@ class TransformersBackend:
                 step_started = time.perf_counter()
                 # Not held across the yield: the caller's code must not run in this mode.
                 with torch.inference_mode():
-                    token = _choose(self._forward(pending), params, generator)
+                    logits = self._forward(pending)
+                    if allowed is not None:
+                        # The first token must re-create the whitespace taken off the prompt.
+                        logits = logits.masked_fill(~allowed, float("-inf"))
+                        allowed = None
+                    token = _choose(logits, params, generator)
                 if "prefill_s" not in stats.extra:
                     # The prompt's forward pass: what cache reuse saves.
                     stats.extra["prefill_s"] = time.perf_counter() - step_started
@@ -197,6 +207,10 @@ class TransformersBackend:
                 stats.generated_tokens += 1
                 pending = [token]
                 piece = decoder.push(token)
+                if healed and piece:
+                    # Drop the healed whitespace: it is already in the document.
+                    cut = _common_prefix_length(piece, healed)
+                    piece, healed = piece[cut:], healed[cut:]
                 if piece:
                     if stats.first_token_s is None:
                         stats.first_token_s = time.perf_counter() - started
@@ -214,6 +228,40 @@ class TransformersBackend:
             raise
         finally:
             stats.total_s = time.perf_counter() - started
+
+    def _heal(self, ids: list[int]) -> tuple[list[int], str, torch.Tensor | None]:
+        """Token healing for a prompt that ends in whitespace (the cursor on an indented line).
+
+        In training, indentation is usually merged with the code after it ("\\n    def"),
+        so a prompt ending in a bare whitespace token is a boundary the model rarely saw
+        and it tends to answer end-of-text. The whitespace token is taken off the prompt
+        and the first generated token must be that whitespace followed by code. Returns
+        the ids, the text taken off, and a mask of allowed first tokens (None when
+        nothing was healed).
+        """
+        if (
+            not self.token_healing
+            or len(ids) <= len(self._lead_ids) + 1
+            or ids[-1] in self._special_ids
+        ):
+            return ids, "", None
+        text = self._token_texts()[ids[-1]]
+        if not text or not text.isspace():
+            return ids, "", None
+        allowed = torch.tensor(
+            [_continues(t, text) for t in self._token_texts()], device=self._device
+        )
+        allowed[list(self._special_ids)] = False
+        if not bool(allowed.any()):
+            return ids, "", None
+        return ids[:-1], text, allowed
+
+    def _token_texts(self) -> list[str]:
+        """Each token id's text, decoded once (an 8k vocabulary takes milliseconds)."""
+        if self._texts is None:
+            size = self.model.get_output_embeddings().weight.shape[0]
+            self._texts = [self.tokenizer.decode([i]) for i in range(size)]
+        return self._texts
 
     def _encode_prompt(self, prompt: str, params: GenerationParams) -> list[int]:
         """Prompt token ids, with the BOS the model expects, cut to leave room to generate."""
@@ -319,6 +367,13 @@ def _choose(logits: torch.Tensor, params: GenerationParams, generator: Any) -> i
         sorted_probs[outside] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def _continues(token_text: str, whitespace: str) -> bool:
+    """A token that is ``whitespace`` and then code: not the bare whitespace again (the
+    boundary being avoided) and not more blanks (a deeper indentation than the cursor's)."""
+    rest = token_text[len(whitespace) :]
+    return token_text.startswith(whitespace) and bool(rest) and rest[0] not in " \t"
 
 
 def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
