@@ -86,6 +86,7 @@ class TransformersBackend:
         self._stop_ids = _stop_token_ids(tokenizer, fim, model.config)
         self._special_ids = frozenset(tokenizer.all_special_ids) | frozenset(self._stop_ids)
         self._texts: list[str] | None = None
+        self._healing_masks: dict[str, torch.Tensor] = {}
         # See _heal; off only to compare with plain generation.
         self.token_healing = True
         self._lead_ids = _leading_special_ids(tokenizer)
@@ -248,10 +249,14 @@ class TransformersBackend:
         text = self._token_texts()[ids[-1]]
         if not text or not text.isspace():
             return ids, "", None
-        allowed = torch.tensor(
-            [_continues(t, text) for t in self._token_texts()], device=self._device
-        )
-        allowed[list(self._special_ids)] = False
+        allowed = self._healing_masks.get(text)
+        if allowed is None:
+            # A pass over the vocabulary: once per distinct whitespace, not per keystroke.
+            allowed = torch.tensor(
+                [_continues(t, text) for t in self._token_texts()], device=self._device
+            )
+            allowed[list(self._special_ids)] = False
+            self._healing_masks[text] = allowed
         if not bool(allowed.any()):
             return ids, "", None
         return ids[:-1], text, allowed
