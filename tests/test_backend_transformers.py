@@ -20,7 +20,8 @@ from rubytailor.model.backends.base import (
     GenerationParams,
     GenerationStats,
 )
-from rubytailor.model.backends.transformers_backend import IncrementalDecoder, TransformersBackend
+from rubytailor.model.backends.token_loop import IncrementalDecoder
+from rubytailor.model.backends.transformers_backend import TransformersBackend
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import assemble
 from rubytailor.model.tiny import build_tiny_model
@@ -293,7 +294,7 @@ def test_incremental_decoding_never_splits_a_character(
 ) -> None:
     ids = backend.tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text.encode()) // 2  # the tiny vocabulary splits these characters
-    decoder = IncrementalDecoder(backend.tokenizer, [])
+    decoder = IncrementalDecoder(backend._decode, [])
     pieces = [decoder.push(t) for t in ids]
     pieces.append(decoder.flush())
     assert "".join(pieces) == text

@@ -65,18 +65,13 @@ def fetch_packages(names: tuple[str, ...] | list[str], cache: Path) -> list[Unpa
     unpacked = cache / "unpacked"
     debs.mkdir(parents=True, exist_ok=True)
     unpacked.mkdir(parents=True, exist_ok=True)
+    _download_missing([n for n in names if _find_deb(debs, n) is None], debs)
     result: list[UnpackedPackage] = []
     for name in names:
         root = unpacked / name
         deb = _find_deb(debs, name)
         if deb is None:
-            proc = subprocess.run(
-                ["apt-get", "download", name], cwd=debs, capture_output=True, text=True
-            )
-            deb = _find_deb(debs, name)
-            if proc.returncode != 0 or deb is None:
-                log.warning("skipping %s: apt-get download failed: %s", name, proc.stderr.strip())
-                continue
+            continue  # _download_missing said why
         if not (root / ".complete").exists():
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
@@ -85,6 +80,35 @@ def fetch_packages(names: tuple[str, ...] | list[str], cache: Path) -> list[Unpa
         result.append(UnpackedPackage(name=name, root=root, deb=deb))
     log.info("%d of %d packages available under %s", len(result), len(names), unpacked)
     return result
+
+
+def all_ruby_packages() -> list[str]:
+    """Every ``ruby-*`` package apt knows, minus documentation-only ones, plus the list."""
+    proc = subprocess.run(
+        ["apt-cache", "pkgnames", "ruby-"], capture_output=True, text=True, check=True
+    )
+    names = {n for n in proc.stdout.split() if not n.endswith("-doc")}
+    return sorted(names | set(DEFAULT_PACKAGES))
+
+
+def _download_missing(names: list[str], debs: Path, chunk: int = 100) -> None:
+    """Download in batches: one apt call per package costs about a second each."""
+    for start in range(0, len(names), chunk):
+        batch = names[start : start + chunk]
+        proc = subprocess.run(
+            ["apt-get", "download", *batch], cwd=debs, capture_output=True, text=True
+        )
+        if proc.returncode == 0:
+            continue
+        # One unknown name fails the whole batch: fall back to one call per package.
+        for name in batch:
+            if _find_deb(debs, name) is not None:
+                continue
+            one = subprocess.run(
+                ["apt-get", "download", name], cwd=debs, capture_output=True, text=True
+            )
+            if one.returncode != 0 or _find_deb(debs, name) is None:
+                log.warning("skipping %s: apt-get download failed: %s", name, one.stderr.strip())
 
 
 def _find_deb(debs: Path, name: str) -> Path | None:

@@ -30,6 +30,9 @@ def add_corpus_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-debian", action="store_true", help="skip the Debian packages")
     p.add_argument("--packages", nargs="*", help="Debian packages (default: curated list)")
     p.add_argument(
+        "--all-ruby", action="store_true", help="every ruby-* Debian package, plus the list"
+    )
+    p.add_argument(
         "--cache-dir", type=Path, help=f"apt download cache (default: {paths.cache_dir()}/apt)"
     )
     p.add_argument("--all-licenses", action="store_true", help="keep non-permissive files")
@@ -89,10 +92,16 @@ def run_corpus(args: argparse.Namespace) -> int:
     else:
         sources = [directory_source(d, args.dir_license) for d in args.dir]
         if not args.no_debian:
-            from rubytailor.training.apt_packages import DEFAULT_PACKAGES, fetch_packages
+            from rubytailor.training.apt_packages import (
+                DEFAULT_PACKAGES,
+                all_ruby_packages,
+                fetch_packages,
+            )
 
             cache = args.cache_dir or paths.cache_dir() / "apt"
             names = args.packages or list(DEFAULT_PACKAGES)
+            if args.all_ruby:
+                names = sorted(set(names) | set(all_ruby_packages()))
             sources += [debian_source(p.name, p.root) for p in fetch_packages(names, cache)]
         if not sources:
             raise RubytailorError("no sources: give --dir, or drop --no-debian.")

@@ -1,0 +1,294 @@
+"""The generation loop shared by the in-process backends (transformers, ctransformers).
+
+A backend built on this class supplies four things: encode, decode, a forward pass that
+returns next-token logits for new tokens after the cached ones, and a way to crop its
+KV cache. Everything else lives here, once: prompt budgets, KV-cache reuse, token
+healing, greedy or nucleus choice, incremental decoding, cancellation and statistics.
+Logits are numpy arrays, so this module never imports torch.
+
+KV-cache reuse. Typing only appends to an SPM prompt, so consecutive prompts share a
+long token prefix. The loop keeps the token ids of the previous call (its prompt plus
+what it generated), crops the cache to the longest common prefix with the new prompt,
+and evaluates only the rest. The cache never changes results: it holds exactly the
+keys/values a full evaluation would compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
+from rubytailor.model.fim import FimFormat
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens decoded ahead of the first generated one, so tokenizers that drop a
+# word's leading space at the start of a decode (SentencePiece) still produce it.
+DECODE_CONTEXT_TOKENS = 5
+REPLACEMENT_CHAR = "\ufffd"
+
+
+class TokenLoopBackend:
+    """Base class: one loaded model and the token ids in its KV cache. Not thread-safe."""
+
+    name = "token-loop"
+
+    def __init__(
+        self,
+        *,
+        fim: FimFormat,
+        fim_order: str,
+        context_length: int,
+        model_id: str,
+        vocab_size: int,
+        stop_ids: set[int],
+        special_ids: set[int],
+        lead_ids: list[int],
+    ) -> None:
+        self.fim_format = fim.name
+        self.fim_order = fim_order
+        self.context_length = context_length
+        self.model_id = model_id
+        self._vocab_size = vocab_size
+        self._stop_ids = frozenset(stop_ids)
+        self._special_ids = frozenset(special_ids) | self._stop_ids
+        self._lead_ids = list(lead_ids)
+        self._texts: list[str] | None = None
+        self._healing_masks: dict[str, np.ndarray] = {}
+        # See _heal; off only to compare with plain generation.
+        self.token_healing = True
+        self._cached_ids: list[int] = []  # token ids whose keys/values are in the cache
+
+    # What a concrete backend implements.
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, no special tokens added."""
+        raise NotImplementedError
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, special tokens written out, no clean-up of spaces."""
+        raise NotImplementedError
+
+    def _forward(self, new_ids: Sequence[int]) -> np.ndarray:
+        """Evaluate ``new_ids`` after the cached tokens; next-token logits, float32 (vocab,)."""
+        raise NotImplementedError
+
+    def _crop_cache(self, keep: int) -> bool:
+        """Keep the first ``keep`` cached positions; False when the cache cannot be cropped."""
+        raise NotImplementedError
+
+    def _drop_cache(self) -> None:
+        """Forget every cached key/value."""
+        raise NotImplementedError
+
+    # The shared part.
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache, e.g. after the model's weights (an adapter) changed."""
+        self._drop_cache()
+        self._cached_ids = []
+
+    def stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        cancel: CancelToken,
+        stats: GenerationStats,
+    ) -> Iterator[str]:
+        started = time.perf_counter()
+        ids = self._encode_prompt(prompt, params)
+        stats.prompt_tokens = len(ids)
+        ids, healed, allowed = self._heal(ids)
+        max_new = min(params.max_new_tokens, self.context_length - len(ids))
+        stats.reused_tokens = self._reuse_cache(ids)
+        pending = ids[stats.reused_tokens :]
+        rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
+        decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
+        stats.stopped_by = "caller"  # unless the loop ends some other way
+        try:
+            while True:
+                if cancel.cancelled:
+                    stats.stopped_by = "cancelled"
+                    return
+                if stats.generated_tokens >= max_new:
+                    stats.stopped_by = "max_tokens"
+                    break
+                step_started = time.perf_counter()
+                logits = self._forward(pending)
+                self._cached_ids.extend(pending)
+                if allowed is not None:
+                    # The first token must re-create the whitespace taken off the prompt.
+                    logits = np.where(allowed, logits, -np.inf)
+                    allowed = None
+                token = choose(logits, params, rng)
+                if "prefill_s" not in stats.extra:
+                    # The prompt's forward pass: what cache reuse saves.
+                    stats.extra["prefill_s"] = time.perf_counter() - step_started
+                if token in self._stop_ids:
+                    stats.stopped_by = "eos"
+                    break
+                stats.generated_tokens += 1
+                pending = [token]
+                piece = decoder.push(token)
+                if healed and piece:
+                    # Drop the healed whitespace: it is already in the document.
+                    cut = common_prefix_length(piece, healed)
+                    piece, healed = piece[cut:], healed[cut:]
+                if piece:
+                    if stats.first_token_s is None:
+                        stats.first_token_s = time.perf_counter() - started
+                    yield piece
+            tail = decoder.flush()
+            if tail:
+                if stats.first_token_s is None:
+                    stats.first_token_s = time.perf_counter() - started
+                yield tail
+        except GeneratorExit:
+            raise  # the caller stopped iterating at a yield: the cache is consistent
+        except BaseException:
+            # A failed forward pass may leave the cache half-updated; never reuse it.
+            self.reset_cache()
+            raise
+        finally:
+            stats.total_s = time.perf_counter() - started
+
+    def _heal(self, ids: list[int]) -> tuple[list[int], str, np.ndarray | None]:
+        """Token healing for a prompt that ends in whitespace (the cursor on an indented line).
+
+        In training, indentation is usually merged with the code after it ("\\n    def"),
+        so a prompt ending in a bare whitespace token is a boundary the model rarely saw
+        and it tends to answer end-of-text. The whitespace token is taken off the prompt
+        and the first generated token must be that whitespace followed by code. Returns
+        the ids, the text taken off, and a mask of allowed first tokens (None when
+        nothing was healed).
+        """
+        if (
+            not self.token_healing
+            or len(ids) <= len(self._lead_ids) + 1
+            or ids[-1] in self._special_ids
+        ):
+            return ids, "", None
+        text = self._token_texts()[ids[-1]]
+        if not text or not text.isspace():
+            return ids, "", None
+        allowed = self._healing_masks.get(text)
+        if allowed is None:
+            # A pass over the vocabulary: once per distinct whitespace, not per keystroke.
+            allowed = np.array([continues(t, text) for t in self._token_texts()], dtype=bool)
+            allowed[list(self._special_ids)] = False
+            self._healing_masks[text] = allowed
+        if not allowed.any():
+            return ids, "", None
+        return ids[:-1], text, allowed
+
+    def _token_texts(self) -> list[str]:
+        """Each token id's text, decoded once (an 8k vocabulary takes milliseconds)."""
+        if self._texts is None:
+            self._texts = [self._decode([i]) for i in range(self._vocab_size)]
+        return self._texts
+
+    def _encode_prompt(self, prompt: str, params: GenerationParams) -> list[int]:
+        """Prompt token ids, with the BOS the model expects, cut to leave room to generate."""
+        ids = self._lead_ids + self._encode(prompt)
+        budget = max(self.context_length - params.max_new_tokens, 1)
+        if len(ids) <= budget:
+            return ids
+        log.warning(
+            "prompt of %d tokens exceeds the model's %d-token context minus %d new tokens; "
+            "keeping its last %d tokens",
+            len(ids),
+            self.context_length,
+            params.max_new_tokens,
+            budget,
+        )
+        return self._lead_ids + ids[len(ids) - budget + len(self._lead_ids) :]
+
+    def _reuse_cache(self, ids: list[int]) -> int:
+        """Crop the cache to the common prefix with ``ids``; return how many tokens it holds."""
+        common = common_prefix_length(self._cached_ids, ids)
+        # At least one prompt token must be evaluated to get logits for the next one.
+        keep = min(common, len(ids) - 1)
+        if keep <= 0:
+            self.reset_cache()
+            return 0
+        if keep < len(self._cached_ids):
+            if not self._crop_cache(keep):
+                self.reset_cache()
+                return 0
+            del self._cached_ids[keep:]
+        return keep
+
+
+class IncrementalDecoder:
+    """Token ids in, text out, never splitting a multi-byte UTF-8 character.
+
+    Each step decodes a short window of recent tokens twice (without and with the new
+    ones) and emits the difference, the way text-generation-inference does, so
+    tokenizers whose decode depends on neighbours (leading spaces) stay correct. Text
+    that ends in U+FFFD is an incomplete character and is held back until it completes.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], context_ids: Sequence[int]) -> None:
+        self._decode = decode
+        self._ids: list[int] = list(context_ids)
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+
+    def push(self, token: int) -> str:
+        self._ids.append(token)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        """At the end of generation: what was held back, less any incomplete character."""
+        return self._emit(final=True).rstrip(REPLACEMENT_CHAR)
+
+    def _emit(self, *, final: bool) -> str:
+        prefix_text = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        new_text = self._decode(self._ids[self._prefix_offset :])
+        if len(new_text) <= len(prefix_text):
+            return ""
+        if new_text.endswith(REPLACEMENT_CHAR) and not final:
+            return ""
+        self._prefix_offset = self._read_offset
+        self._read_offset = len(self._ids)
+        return new_text[len(prefix_text) :]
+
+
+def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generator | None) -> int:
+    """Greedy at temperature 0, else nucleus sampling from the caller's seeded generator."""
+    if params.temperature <= 0 or rng is None:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        sorted_probs = probs[order]
+        # Keep the smallest set of tokens whose probability reaches top_p.
+        outside = np.cumsum(sorted_probs) - sorted_probs > params.top_p
+        probs = np.zeros_like(probs)
+        probs[order[~outside]] = sorted_probs[~outside]
+        probs /= probs.sum()
+    return int(rng.choice(len(probs), p=probs))
+
+
+def continues(token_text: str, whitespace: str) -> bool:
+    """A token that is ``whitespace`` and then code: not the bare whitespace again (the
+    boundary being avoided) and not more blanks (a deeper indentation than the cursor's)."""
+    rest = token_text[len(whitespace) :]
+    return token_text.startswith(whitespace) and bool(rest) and rest[0] not in " \t"
+
+
+def common_prefix_length(a: Sequence[object], b: Sequence[object]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
