@@ -141,7 +141,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks that print figures")
     parser.add_argument("what", choices=["latency"], help="which benchmark")
     parser.add_argument("--model", type=Path, default=None, help="model directory")
-    parser.add_argument("--backend", default="transformers", help="transformers or fake")
+    parser.add_argument(
+        "--backend", default="auto", help="auto, ctransformers, transformers or fake"
+    )
     parser.add_argument("--files", type=Path, nargs="+", default=DEFAULT_FILES)
     parser.add_argument("--lines", type=int, default=12, help="lines typed per file")
     parser.add_argument("--max-keystrokes", type=int, default=40, help="per line")

@@ -256,7 +256,9 @@ def run_doctor(args: argparse.Namespace) -> int:
         check_backend_package(
             "transformers", ("torch", "transformers"), required=backend == "transformers"
         ),
-        check_backend_package("ctransformers", ("ctransformers",), required=False),
+        check_backend_package(
+            "ctransformers", ("ctransformers",), required=backend == "ctransformers"
+        ),
         check_model(backend, model, args.threads),
         check_data_dir(),
     ]
@@ -349,6 +351,7 @@ def check_model(backend: str, model: Path, threads: int | None) -> Check:
         return Check(name, False, str(exc), fix)
     except Exception as exc:  # a model that loads but cannot generate is broken too
         return Check(name, False, f"{model} failed to generate: {exc!r}", fix)
+    name = f"model ({backend}: {loaded.name})" if backend == "auto" else name
     if not pieces and stats.stopped_by != "eos":
         return Check(
             name, False, f"{model} produced no token (stopped by {stats.stopped_by!r})", fix

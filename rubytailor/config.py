@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 SECTION = "rubytailor"
 
-BackendKind = Literal["transformers", "fake"]
+BackendKind = Literal["auto", "ctransformers", "transformers", "fake"]
 
 
 def _default_model_path() -> str:
@@ -42,8 +42,9 @@ class Settings:
     """Everything an editor can set. Field metadata holds the validation rules."""
 
     enable: bool = True
-    backend: BackendKind = "transformers"
-    # A model directory for "transformers"; a JSON script for "fake".
+    backend: BackendKind = "auto"
+    # A model directory, or for "fake" a JSON script. "auto": ctransformers (GGML) for
+    # StarCoder-architecture models when it is installed, else transformers.
     model_path: str = field(default_factory=_default_model_path, metadata={"blank_is_unset": True})
     max_lines: int = field(default=8, metadata={"min": 1, "max": 50})
     max_tokens: int = field(default=64, metadata={"min": 1, "max": 512})

@@ -99,7 +99,7 @@ async def session(args: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="stream suggestions for a sample Ruby file")
     parser.add_argument("--model", type=Path, default=None, help="model directory")
-    parser.add_argument("--backend", default="transformers")
+    parser.add_argument("--backend", default="auto")
     parser.add_argument("--file", type=Path, default=SAMPLE)
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)

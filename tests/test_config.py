@@ -21,7 +21,7 @@ def test_empty_settings_are_the_documented_defaults() -> None:
     assert problems == []
     assert settings == Settings()
     assert settings.enable is True
-    assert settings.backend == "transformers"
+    assert settings.backend == "auto"
     assert settings.model_path == str(paths.default_model_dir())
     assert (settings.max_lines, settings.max_tokens, settings.max_prompt_tokens) == (8, 64, 1024)
     assert settings.max_file_bytes == 1_000_000
@@ -66,7 +66,7 @@ def test_camel_case_keys_set_fields() -> None:
         ({"maxLines": 2.5}, "maxLines", "expected a whole number"),
         ({"maxTokens": True}, "maxTokens", "expected a whole number"),
         ({"maxTokens": 513}, "maxTokens", "out of range (1-512)"),
-        ({"backend": "ctransformers2"}, "backend", 'is not one of "transformers", "fake"'),
+        ({"backend": "ctransformers2"}, "backend", 'is not one of "auto", "ctransformers"'),
         ({"enable": "yes"}, "enable", "expected true or false"),
         ({"diagnostics": 1}, "diagnostics", "expected true or false"),
         ({"modelPath": 42}, "modelPath", "expected a string"),

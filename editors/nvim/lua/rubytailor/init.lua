@@ -3,7 +3,7 @@
 --
 --   require("rubytailor").setup({
 --     cmd = { "rubytailor", "serve" },
---     settings = { backend = "transformers", maxLines = 8 },
+--     settings = { backend = "auto", maxLines = 8 },
 --   })
 
 local suggestion = require("rubytailor.suggestion")

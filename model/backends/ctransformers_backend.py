@@ -1,0 +1,213 @@
+"""The ctransformers backend: GGML inference on the CPU, the fast path for StarCoder models.
+
+The model directory is the same Hugging Face directory the transformers backend loads;
+its weights are converted once to a GGML file (``model.ggml_export``) kept in the
+cache, named by the model's id, so a retrained model gets a new file. Tokenization uses
+the directory's tokenizer.json through ``tokenizers``: neither torch nor transformers
+is imported, which is most of the start-up time and memory this backend saves.
+
+KV reuse is positional in GGML: the keys/values of position i are overwritten when
+position i is evaluated again, so cropping the cache is only a matter of ``n_past``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from ctypes import c_int
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ctransformers imports huggingface_hub; it must never reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from tokenizers import Tokenizer
+
+from rubytailor import paths
+from rubytailor.errors import ModelError
+from rubytailor.model import ggml_export
+from rubytailor.model.backends.model_dir import (
+    check_model_dir,
+    fim_settings,
+    model_id,
+    read_config,
+)
+from rubytailor.model.backends.token_loop import TokenLoopBackend
+from rubytailor.model.fim import FimFormat
+
+log = logging.getLogger(__name__)
+
+GGML_FTYPE = "f16"
+# Prompt tokens per ggml graph: one graph for a whole 256-token prompt.
+EVAL_BATCH = 512
+
+
+class CTransformersBackend(TokenLoopBackend):
+    """One GGML model in ctransformers. Not thread-safe: call from one worker thread."""
+
+    name = "ctransformers"
+
+    def __init__(
+        self,
+        *,
+        llm: Any,
+        tokenizer: Tokenizer,
+        fim: FimFormat,
+        fim_order: str,
+        context_length: int,
+        model_id: str,
+        stop_ids: set[int],
+        special_ids: set[int],
+        threads: int,
+    ) -> None:
+        plain = tokenizer.encode("def", add_special_tokens=False).ids
+        full = tokenizer.encode("def", add_special_tokens=True).ids
+        lead = full[: len(full) - len(plain)] if full[len(full) - len(plain) :] == plain else []
+        super().__init__(
+            fim=fim,
+            fim_order=fim_order,
+            context_length=context_length,
+            model_id=model_id,
+            vocab_size=int(llm.vocab_size),
+            stop_ids=stop_ids,
+            special_ids=special_ids,
+            lead_ids=lead,
+        )
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self._threads = threads
+
+    @classmethod
+    def load(cls, model_dir: Path, *, threads: int | None = None) -> CTransformersBackend:
+        """Load a local StarCoder-architecture model directory; ModelError says what to fix."""
+        model_dir = Path(model_dir).expanduser()
+        check_model_dir(model_dir)
+        started = time.perf_counter()
+        config = read_config(model_dir)
+        why_not = ggml_export.supports(model_dir)
+        if why_not is not None:
+            raise ModelError(f"the ctransformers backend cannot run this model: {why_not}")
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as exc:
+            raise ModelError(
+                f"cannot load {model_dir}/tokenizer.json ({exc}); re-copy the tokenizer "
+                "files that came with the model"
+            ) from exc
+        ident = model_id(model_dir)
+        ggml_file = _ggml_file(model_dir, ident)
+        try:
+            from ctransformers import LLM
+        except ImportError as exc:
+            raise ModelError(
+                "the ctransformers backend needs the ctransformers package: "
+                "pip install 'rubytailor[ggml]', or choose the transformers backend"
+            ) from exc
+        try:
+            llm = LLM(str(ggml_file), "starcoder")
+        except (RuntimeError, ValueError, OSError):
+            # A damaged conversion in the cache: convert again, once.
+            log.warning("ctransformers could not load %s; converting again", ggml_file)
+            ggml_file.unlink(missing_ok=True)
+            ggml_file = _ggml_file(model_dir, ident)
+            try:
+                llm = LLM(str(ggml_file), "starcoder")
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise ModelError(f"ctransformers could not load {ggml_file} ({exc})") from exc
+        special = _special_tokens(model_dir)
+        fim, order, context_length = fim_settings(model_dir, set(special), config)
+        context_length = min(context_length, int(config.get("n_positions", context_length)))
+        backend = cls(
+            llm=llm,
+            tokenizer=tokenizer,
+            fim=fim,
+            fim_order=order,
+            context_length=context_length,
+            model_id=ident,
+            stop_ids=_stop_ids(tokenizer, fim, config, special),
+            special_ids=set(special.values()),
+            threads=threads or 1,
+        )
+        log.info(
+            "loaded %s with ctransformers (%s/%s, context %d, %s) in %.2fs",
+            ident,
+            fim.name,
+            order,
+            context_length,
+            ggml_file.name,
+            time.perf_counter() - started,
+        )
+        return backend
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def _drop_cache(self) -> None:
+        pass  # positions are overwritten as they are evaluated again
+
+    def _crop_cache(self, keep: int) -> bool:
+        return True  # the next evaluation starts at n_past = keep
+
+    def _forward(self, new_ids: Sequence[int]) -> np.ndarray:
+        n_past = len(self._cached_ids)
+        if n_past + len(new_ids) > self.context_length:
+            raise ModelError(
+                f"{n_past + len(new_ids)} tokens exceed the model's context of "
+                f"{self.context_length}"
+            )
+        tokens = (c_int * len(new_ids))(*new_ids)
+        ok = self.llm.ctransformers_llm_batch_eval(
+            tokens, len(new_ids), n_past, EVAL_BATCH, self._threads
+        )
+        if not ok:
+            raise ModelError("ctransformers failed to evaluate the prompt")
+        logits = np.ctypeslib.as_array(
+            self.llm.ctransformers_llm_logits_data(), shape=(self._vocab_size,)
+        )
+        return logits.copy()  # the buffer is overwritten by the next evaluation
+
+
+def _ggml_file(model_dir: Path, ident: str) -> Path:
+    """The model's GGML file: converted on first use, then reused while the weights last."""
+    name = ident.replace("@", "-").replace(os.sep, "_")
+    target = paths.cache_dir() / "ggml" / f"{name}-{GGML_FTYPE}.bin"
+    if target.is_file():
+        return target
+    started = time.perf_counter()
+    try:
+        ggml_export.export_ggml(model_dir, target, GGML_FTYPE)
+    except OSError as exc:
+        raise ModelError(f"cannot write the GGML conversion to {target} ({exc})") from exc
+    log.info("converted %s to %s in %.2fs", model_dir, target, time.perf_counter() - started)
+    return target
+
+
+def _special_tokens(model_dir: Path) -> dict[str, int]:
+    """Special tokens of tokenizer.json (content -> id)."""
+    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    return {t["content"]: int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
+
+
+def _stop_ids(
+    tokenizer: Tokenizer, fim: FimFormat, config: dict[str, Any], special: dict[str, int]
+) -> set[int]:
+    """EOS, every marker of the FIM format, and any other special token, as token ids."""
+    ids = set(special.values())
+    for text in fim.stop_strings:
+        token = tokenizer.token_to_id(text)
+        if token is not None:
+            ids.add(token)
+    eos = config.get("eos_token_id")
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(v for v in eos if isinstance(v, int))
+    return ids
