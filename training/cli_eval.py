@@ -44,6 +44,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bpb-max-bytes", type=int, default=d.bpb_max_bytes)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-random-baseline", action="store_true")
+    p.add_argument(
+        "--no-token-healing", action="store_true", help="generate as without the serving fix"
+    )
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=run_eval)
 
@@ -96,6 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
         files, config.multiline_cases, config.seed
     )
     backend = TransformersBackend.load(args.model)
+    backend.token_healing = not args.no_token_healing
     baseline = None if args.no_random_baseline else random_init_like(backend)
     report = evaluate(
         backend,
@@ -106,6 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
         baseline_backend=baseline,
     )
     report["model"] = str(args.model)
+    report["token_healing"] = backend.token_healing
     report["data"] = {
         "corpus": str(args.corpus or args.dir),
         "split": args.split,

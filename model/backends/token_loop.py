@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 # word's leading space at the start of a decode (SentencePiece) still produce it.
 DECODE_CONTEXT_TOKENS = 5
 REPLACEMENT_CHAR = "\ufffd"
+# Token healing: at most this many trailing whitespace tokens are taken off the prompt,
+# and this many (target, generated) masks are kept (each is one bool per token).
+MAX_HEALED_TOKENS = 8
+HEALING_MASKS_KEPT = 256
 
 
 class TokenLoopBackend:
@@ -58,7 +62,8 @@ class TokenLoopBackend:
         self._special_ids = frozenset(special_ids) | self._stop_ids
         self._lead_ids = list(lead_ids)
         self._texts: list[str] | None = None
-        self._healing_masks: dict[str, np.ndarray] = {}
+        self._healing_masks: dict[tuple[str, str], np.ndarray] = {}
+        self._clean_texts: bool | None = None
         # See _heal; off only to compare with plain generation.
         self.token_healing = True
         self._cached_ids: list[int] = []  # token ids whose keys/values are in the cache
@@ -105,7 +110,9 @@ class TokenLoopBackend:
         started = time.perf_counter()
         ids = self._encode_prompt(prompt, params)
         stats.prompt_tokens = len(ids)
-        ids, healed, allowed = self._heal(ids)
+        ids, target = self._heal(ids)
+        healed = target  # what the suggestion must not repeat: it is in the document
+        generated = ""  # text generated so far, while it must still re-create the target
         max_new = min(params.max_new_tokens, self.context_length - len(ids))
         stats.reused_tokens = self._reuse_cache(ids)
         pending = ids[stats.reused_tokens :]
@@ -123,11 +130,17 @@ class TokenLoopBackend:
                 step_started = time.perf_counter()
                 logits = self._forward(pending)
                 self._cached_ids.extend(pending)
-                if allowed is not None:
-                    # The first token must re-create the whitespace taken off the prompt.
-                    logits = np.where(allowed, logits, -np.inf)
-                    allowed = None
+                if len(generated) < len(target):
+                    # Until the text taken off the prompt is re-created, only tokens
+                    # consistent with it may be chosen.
+                    allowed = self._healing_mask(target, generated)
+                    if allowed.any():
+                        logits = np.where(allowed, logits, -np.inf)
+                    else:
+                        target = ""  # no token fits: let the model go on freely
                 token = choose(logits, params, rng)
+                if len(generated) < len(target):
+                    generated += self._token_texts()[token]
                 if "prefill_s" not in stats.extra:
                     # The prompt's forward pass: what cache reuse saves.
                     stats.extra["prefill_s"] = time.perf_counter() - step_started
@@ -159,34 +172,61 @@ class TokenLoopBackend:
         finally:
             stats.total_s = time.perf_counter() - started
 
-    def _heal(self, ids: list[int]) -> tuple[list[int], str, np.ndarray | None]:
-        """Token healing for a prompt that ends in whitespace (the cursor on an indented line).
+    def _heal(self, ids: list[int]) -> tuple[list[int], str]:
+        """Token healing: take the prompt's last token(s) off and let the model re-create them.
 
-        In training, indentation is usually merged with the code after it ("\\n    def"),
-        so a prompt ending in a bare whitespace token is a boundary the model rarely saw
-        and it tends to answer end-of-text. The whitespace token is taken off the prompt
-        and the first generated token must be that whitespace followed by code. Returns
-        the ids, the text taken off, and a mask of allowed first tokens (None when
-        nothing was healed).
+        A prompt cut at the cursor often ends at a token boundary training never showed:
+        mid-word ("valu" as " val" + "u", where training saw " value") or in
+        indentation ("\n    " where training merged the spaces with the code after
+        them). The last token, or the whole run of trailing whitespace tokens, is taken
+        off; generation must then re-create that text (``_healing_mask``), which the
+        suggestion does not repeat. Returns the ids and the text taken off ("" when
+        nothing was).
         """
-        if (
-            not self.token_healing
-            or len(ids) <= len(self._lead_ids) + 1
-            or ids[-1] in self._special_ids
+        if not self.token_healing or not self._heals_cleanly():
+            return ids, ""
+        texts = self._token_texts()
+        floor = len(self._lead_ids) + 1  # keep at least one real prompt token
+        end = len(ids)
+        while (
+            end > floor
+            and len(ids) - end < MAX_HEALED_TOKENS
+            and ids[end - 1] not in self._special_ids
+            and texts[ids[end - 1]].isspace()
         ):
-            return ids, "", None
-        text = self._token_texts()[ids[-1]]
-        if not text or not text.isspace():
-            return ids, "", None
-        allowed = self._healing_masks.get(text)
-        if allowed is None:
-            # A pass over the vocabulary: once per distinct whitespace, not per keystroke.
-            allowed = np.array([continues(t, text) for t in self._token_texts()], dtype=bool)
-            allowed[list(self._special_ids)] = False
-            self._healing_masks[text] = allowed
-        if not allowed.any():
-            return ids, "", None
-        return ids[:-1], text, allowed
+            end -= 1
+        if end == len(ids) and end > floor and ids[-1] not in self._special_ids:
+            end -= 1  # not whitespace: heal the last token alone
+        target = "".join(texts[i] for i in ids[end:])
+        if not target or not self._healing_mask(target, "").any():
+            return ids, ""
+        return ids[:end], target
+
+    def _healing_mask(self, target: str, generated: str) -> np.ndarray:
+        """Tokens that keep ``generated`` on the way to re-creating ``target`` (cached)."""
+        key = (target, generated)
+        mask = self._healing_masks.get(key)
+        if mask is None:
+            blank = target.isspace()
+            mask = np.array(
+                [bool(t) and heals(generated + t, target, blank) for t in self._token_texts()]
+            )
+            mask[list(self._special_ids)] = False
+            if len(self._healing_masks) >= HEALING_MASKS_KEPT:
+                self._healing_masks.clear()
+            self._healing_masks[key] = mask
+        return mask
+
+    def _heals_cleanly(self) -> bool:
+        """Healing compares token texts, so each token must decode to its own text alone
+        (true of byte-level BPE; SentencePiece drops a leading space at a decode's start)."""
+        if self._clean_texts is None:
+            probe = "class A\n  def b(c)\n    d = [c, 1]\n"
+            ids = self._encode(probe)
+            self._clean_texts = "".join(self._token_texts()[i] for i in ids) == probe
+            if not self._clean_texts:
+                log.info("token healing is off: this tokenizer's tokens do not decode alone")
+        return self._clean_texts
 
     def _token_texts(self) -> list[str]:
         """Each token id's text, decoded once (an 8k vocabulary takes milliseconds)."""
@@ -279,11 +319,18 @@ def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generato
     return int(rng.choice(len(probs), p=probs))
 
 
-def continues(token_text: str, whitespace: str) -> bool:
-    """A token that is ``whitespace`` and then code: not the bare whitespace again (the
-    boundary being avoided) and not more blanks (a deeper indentation than the cursor's)."""
-    rest = token_text[len(whitespace) :]
-    return token_text.startswith(whitespace) and bool(rest) and rest[0] not in " \t"
+def heals(text: str, target: str, blank: bool) -> bool:
+    """May generation that has produced ``text`` still re-create ``target``?
+
+    Shorter than the target: it must be a prefix of it. Otherwise it must start with it;
+    after a whitespace target, code must follow at once (not the bare boundary being
+    avoided, and not more blanks: a deeper indentation than the cursor's).
+    """
+    if len(text) < len(target):
+        return target.startswith(text)
+    if not text.startswith(target):
+        return False
+    return not blank or (len(text) > len(target) and text[len(target)] not in " \t")
 
 
 def common_prefix_length(a: Sequence[object], b: Sequence[object]) -> int:

@@ -1,0 +1,106 @@
+"""Token healing in the shared generation loop: the rule, and what a backend does with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rubytailor.model.backends import load_backend, token_loop
+from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
+from rubytailor.model.backends.token_loop import TokenLoopBackend, heals
+from rubytailor.model.fim import get_format
+from rubytailor.model.prompt import assemble
+from rubytailor.model.tiny import build_tiny_model
+
+FIM = get_format("starcoder")
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "ok"),
+    [
+        ("va", "valu", True),  # on the way
+        ("vb", "valu", False),
+        ("value", "valu", True),  # re-created and continued
+        ("valu", "valu", True),  # a word may end where the cursor is
+        ("    ", "    ", False),  # whitespace: not the bare boundary again
+        ("     x", "    ", False),  # nor a deeper indentation
+        ("    def", "    ", True),
+        ("\n\n  ", "\n\n  ", False),
+        ("\n\n  end", "\n\n  ", True),
+        ("\n", "\n\n  ", True),
+        ("\nx", "\n\n  ", False),
+    ],
+)
+def test_the_healing_rule(text: str, target: str, ok: bool) -> None:
+    assert heals(text, target, target.isspace()) is ok
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> TokenLoopBackend:
+    model = build_tiny_model(tmp_path_factory.mktemp("heal"), train_steps=60)
+    loaded = load_backend("transformers", model, threads=1)
+    assert isinstance(loaded, TokenLoopBackend)
+    return loaded
+
+
+def generate(
+    backend: TokenLoopBackend, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, list[int]]:
+    """The suggestion, and every token the loop chose (stop tokens included)."""
+    chosen: list[int] = []
+    original = token_loop.choose
+    monkeypatch.setattr(token_loop, "choose", lambda *a: _record(chosen, original, *a))
+    backend.reset_cache()
+    prompt = assemble(prefix, "\nend\n", FIM, "spm")
+    params = GenerationParams(max_new_tokens=12)
+    text = "".join(backend.stream(prompt, params, CancelToken(), GenerationStats()))
+    return text, chosen
+
+
+def _record(chosen: list[int], choose: Any, *args: Any) -> int:
+    chosen.append(choose(*args))
+    return chosen[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "class Cart\n  def initialize(items = [])\n    @ite",  # mid-word
+        "class Cart\n  def total\n\n    ",  # indentation after a blank line
+        "class Cart\n  def total\n    @items.sum { |item| item[:price] }\n  end\n\n",
+    ],
+)
+def test_the_text_taken_off_is_regenerated_and_not_repeated(
+    backend: TokenLoopBackend, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text, chosen = generate(backend, prefix, monkeypatch)
+    prompt_ids = backend._encode(assemble(prefix, "\nend\n", FIM, "spm"))
+    healed_ids, taken = backend._heal(prompt_ids)
+    assert taken and prefix.endswith(taken)
+    assert backend._decode(prompt_ids[len(healed_ids) :]) == taken
+    # What was generated in place of the taken-off tokens starts with exactly their text.
+    regenerated = backend._decode([t for t in chosen if t not in backend._stop_ids])
+    assert regenerated.startswith(taken)
+    # The suggestion is what follows that text, not the text again.
+    assert text == regenerated[len(taken) :].rstrip("\ufffd")
+
+
+@pytest.mark.slow
+def test_healing_can_be_switched_off(backend: TokenLoopBackend) -> None:
+    backend.token_healing = False
+    try:
+        ids = backend._encode("def valu")
+        assert backend._heal(ids) == (ids, "")
+    finally:
+        backend.token_healing = True
+    assert backend._heal(backend._encode("def valu"))[1] != ""
+
+
+def test_byte_level_tokens_decode_alone_so_healing_is_on(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "m")
+    loaded = load_backend("transformers", model, threads=1)
+    assert isinstance(loaded, TokenLoopBackend)
+    assert loaded._heals_cleanly()
