@@ -93,6 +93,19 @@ def test_multiline_spans_are_whole_indented_statements() -> None:
         assert case.prefix.endswith("\n  ")  # the cursor sits at the statement's indentation
 
 
+def test_multiline_spans_must_parse_alone_when_a_parser_is_given() -> None:
+    # A span whose text the parser rejects (here: any span containing "initialize", as a
+    # stand-in for half a statement) is skipped and another is drawn instead.
+    def parses(text: str) -> bool:
+        return "initialize" not in text
+
+    everything = multiline_cases([("cart.rb", RUBY)], 10, seed=0)
+    checked = multiline_cases([("cart.rb", RUBY)], 10, seed=0, is_complete=parses)
+    assert any("initialize" in c.answer for c in everything)
+    assert checked and not any("initialize" in c.answer for c in checked)
+    assert len(checked) == len(everything) - sum("initialize" in c.answer for c in everything)
+
+
 def test_copy_line_baseline_copies_the_rest_of_a_line_that_starts_the_same() -> None:
     text = "x.fetch(:a, 1)\ny = 2\nx.fe"
     case = Case(kind="line", source="t", line=2, prefix=text, suffix="\nz = 3\n", answer="tch(:b)")

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rubytailor.errors import PrismError, RubytailorError
@@ -95,8 +96,9 @@ def run_eval(args: argparse.Namespace) -> int:
         latency_cases=args.latency_cases,
         bpb_max_bytes=args.bpb_max_bytes,
     )
+    check = _prism_checker()
     cases = line_cases(files, config.line_cases, config.seed) + multiline_cases(
-        files, config.multiline_cases, config.seed
+        files, config.multiline_cases, config.seed, _prism_parses()
     )
     backend = TransformersBackend.load(args.model)
     backend.token_healing = not args.no_token_healing
@@ -105,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
         backend,
         cases,
         config,
-        check=_prism_checker(),
+        check=check,
         texts=[text for _, text in files],
         baseline_backend=baseline,
     )
@@ -154,6 +156,17 @@ def random_init_like(backend: object) -> object:
         context_length=backend.context_length,  # type: ignore[attr-defined]
         model_id="random-init",
     )
+
+
+def _prism_parses() -> Callable[[str], bool] | None:
+    """Prism's "parses without errors", to confirm multi-line spans are whole statements."""
+    from rubytailor.prism import Prism
+
+    try:
+        return Prism.load().is_valid
+    except PrismError as exc:
+        log.warning("multi-line spans by indentation alone: %s", exc)
+        return None
 
 
 def _prism_checker() -> object | None:

@@ -4,17 +4,21 @@ Line cases: a code line is cut at a random point after its indentation; the rest
 the line is the answer; prefix is everything before the cut and suffix everything from
 the line's end (its newline) on.
 
-Multi-line cases: spans of whole statements chosen by indentation, because the Prism
-bridge exposes only the error list, not node boundaries. A span starts at a code line
-(at its first non-blank character) and takes the following lines indented deeper, plus
-the closing ``end``/``}``/``]``/``)`` line at the start line's indentation if there is
-one; spans of 2 to 8 lines qualify. The answer is that text without its final newline.
+Multi-line cases: spans of whole statements. The Prism bridge exposes only the error
+list, not the tree, so candidates come from indentation and Prism confirms them: a span
+starts at a code line (at its first non-blank character) and takes the following lines
+indented deeper, plus the closing ``end``/``}``/``]``/``)`` line at the start line's
+indentation if there is one; spans of 2 to 8 lines qualify. With a parser given
+(``is_complete``, e.g. ``Prism.is_valid``), a span is kept only when it parses on its
+own: it then begins and ends on node boundaries (a whole statement, not half of one).
+The answer is that text without its final newline.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 MIN_REST_CHARS = 1
@@ -79,8 +83,13 @@ def statement_span(lines: list[str], i: int) -> int | None:
     return end if 2 <= end - i <= MAX_SPAN_LINES else None
 
 
-def multiline_cases(files: list[tuple[str, str]], count: int, seed: int) -> list[Case]:
-    """``count`` multi-line cases: whole indented statements (see the module docstring)."""
+def multiline_cases(
+    files: list[tuple[str, str]],
+    count: int,
+    seed: int,
+    is_complete: Callable[[str], bool] | None = None,
+) -> list[Case]:
+    """``count`` multi-line cases: whole statements (see the module docstring)."""
     rng = random.Random(seed + 1)
     candidates: list[tuple[int, int, int]] = []
     for f, (_, text) in enumerate(files):
@@ -90,12 +99,17 @@ def multiline_cases(files: list[tuple[str, str]], count: int, seed: int) -> list
                 end = statement_span(lines, i)
                 if end is not None:
                     candidates.append((f, i, end))
+    rng.shuffle(candidates)  # a deterministic order to draw from until ``count`` are kept
     cases: list[Case] = []
-    for f, i, end in rng.sample(candidates, min(count, len(candidates))):
+    for f, i, end in candidates:
+        if len(cases) >= count:
+            break
         name, text = files[f]
         lines = text.split("\n")
         start = sum(len(x) + 1 for x in lines[:i]) + _indent(lines[i])
         stop = sum(len(x) + 1 for x in lines[:end]) - 1
+        if is_complete is not None and not is_complete(text[start:stop]):
+            continue
         cases.append(
             Case(
                 kind="multiline",
