@@ -110,6 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
         check=check,
         texts=[text for _, text in files],
         baseline_backend=baseline,
+        latency_backends=_other_backends(args),
     )
     report["model"] = str(args.model)
     report["token_healing"] = backend.token_healing
@@ -156,6 +157,15 @@ def random_init_like(backend: object) -> object:
         context_length=backend.context_length,  # type: ignore[attr-defined]
         model_id="random-init",
     )
+
+
+def _other_backends(args: argparse.Namespace) -> dict[str, object]:
+    """The same model under ctransformers, for its latency, when it can run it."""
+    from rubytailor.model.backends import auto_backend_kind, load_backend
+
+    if auto_backend_kind(args.model) != "ctransformers":
+        return {}
+    return {"ctransformers": load_backend("ctransformers", args.model, threads=args.threads)}
 
 
 def _prism_parses() -> Callable[[str], bool] | None:

@@ -223,8 +223,13 @@ def evaluate(
     check: Checker | None,
     texts: list[str],
     baseline_backend: Any | None = None,
+    latency_backends: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report: metrics per case kind and system, bits per byte, latency."""
+    """The JSON report: metrics per case kind and system, bits per byte, latency.
+
+    ``latency_backends`` (name -> backend, e.g. the same model under ctransformers) add
+    warm-latency figures for other backends of the same model.
+    """
     report: dict[str, Any] = {"config": asdict(config), "results": {}}
     systems: dict[str, list[str]] = {}
     raw, times = run_model(backend, cases, config)
@@ -252,6 +257,10 @@ def evaluate(
             baseline_backend.model, baseline_backend.tokenizer, texts, context, config.bpb_max_bytes
         )
     report["latency_warm_single_line"] = warm_latency(backend, cases, config)
+    report["latency_warm_single_line_by_backend"] = {
+        backend.name: report["latency_warm_single_line"],
+        **{name: warm_latency(b, cases, config) for name, b in (latency_backends or {}).items()},
+    }
     report["examples"] = [
         {
             "source": c.source,

@@ -38,11 +38,39 @@ def results_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _report_section(title: str, report: dict[str, Any]) -> list[str]:
+    """One eval report as a card section: results table, bits per byte, latency."""
+    bpb = report.get("bits_per_byte", {})
+    lat = report.get("latency_warm_single_line", {})
+    return [
+        f"## Evaluation: {title}",
+        "",
+        results_table(report),
+        "",
+        "Exact match ignores trailing whitespace; edit similarity is "
+        "1 - Levenshtein / max(length) (`training/metrics.py`). *Served* is what remains "
+        "after the Prism check the server applies; *Prism-valid* is the share of "
+        "non-empty raw suggestions that add no syntax error.",
+        "",
+        "- Bits per byte on test files: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()),
+        *(
+            f"- Single-line latency with a warm prompt cache ({name} backend, this "
+            f"machine): median {_num(m.get('median_ms'), 1)} ms, p90 "
+            f"{_num(m.get('p90_ms'), 1)} ms, "
+            f"{_num(m.get('median_ms_per_generated_token'), 1)} ms per generated token."
+            for name, m in report.get(
+                "latency_warm_single_line_by_backend", {"transformers": lat}
+            ).items()
+        ),
+        "",
+    ]
+
+
 def write_model_card(
     model_dir: Path,
     *,
     corpus_summary: dict[str, Any],
-    report: dict[str, Any] | None,
+    reports: list[tuple[str, dict[str, Any]]],
     commands: str,
     compute: str,
     notes: str,
@@ -73,7 +101,8 @@ def write_model_card(
         "## Training data",
         "",
         f"- {corpus_summary.get('kept_files')} Ruby files, "
-        f"{corpus_summary.get('kept_bytes', 0) / 1e6:.1f} MB, from Debian 12 packages "
+        f"{corpus_summary.get('kept_bytes', 0) / 1e6:.1f} MB, from "
+        f"{len(corpus_summary.get('sources', {}))} Debian 12 packages "
         "(standard library `libruby3.1`, Rails 6.1 components, Sinatra, Rack, RSpec, dry-rb, "
         "RuboCop, Faraday, Grape, Devise, Jekyll, Puma, Sequel, rake, pry and other gems). "
         "Hanami, dry-monads, dry-schema, dry-validation and dry-struct are not packaged "
@@ -107,26 +136,8 @@ def write_model_card(
         "warmup then cosine decay.",
         "",
     ]
-    if report:
-        bpb = report.get("bits_per_byte", {})
-        lat = report.get("latency_warm_single_line", {})
-        lines += [
-            "## Evaluation (test split: packages never seen in training)",
-            "",
-            results_table(report),
-            "",
-            "Exact match ignores trailing whitespace; edit similarity is "
-            "1 - Levenshtein / max(length) (`training/metrics.py`). *Served* is what remains "
-            "after the Prism check the server applies; *Prism-valid* is the share of "
-            "non-empty raw suggestions that add no syntax error.",
-            "",
-            "- Bits per byte on test files: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()),
-            f"- Single-line latency with a warm prompt cache (transformers backend, this "
-            f"machine): median {_num(lat.get('median_ms'), 1)} ms, p90 "
-            f"{_num(lat.get('p90_ms'), 1)} ms, {_num(lat.get('median_ms_per_generated_token'), 1)} "
-            "ms per generated token.",
-            "",
-        ]
+    for title, report in reports:
+        lines += _report_section(title, report)
     lines += ["## Notes and limits", "", notes, "", "## How it was made", "", commands, ""]
     path = model_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -152,18 +163,29 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rubytailor model card")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--corpus", type=Path, required=True, help="corpus the model was trained on")
-    p.add_argument("--report", type=Path, help="JSON report of `rubytailor eval`")
+    p.add_argument(
+        "--report",
+        action="append",
+        default=[],
+        metavar="TITLE=PATH",
+        help="a section title and the JSON report of `rubytailor eval` (repeatable)",
+    )
     p.add_argument("--compute", type=Path, required=True, help="markdown: machine and time")
     p.add_argument("--notes", type=Path, required=True, help="markdown: limits and notes")
     p.add_argument("--commands", type=Path, required=True, help="markdown: commands run")
     args = p.parse_args(argv)
     summary = json.loads((args.corpus / "summary.json").read_text(encoding="utf-8"))
-    report = json.loads(args.report.read_text(encoding="utf-8")) if args.report else None
+    reports = []
+    for item in args.report:
+        title, sep, path = item.rpartition("=")
+        if not sep or not title:
+            p.error(f"--report wants TITLE=PATH, not {item!r}")
+        reports.append((title, json.loads(Path(path).read_text(encoding="utf-8"))))
     bundle_manifest(args.corpus, args.model)
     write_model_card(
         args.model,
         corpus_summary=summary,
-        report=report,
+        reports=reports,
         commands=args.commands.read_text(encoding="utf-8").strip(),
         compute=args.compute.read_text(encoding="utf-8").strip(),
         notes=args.notes.read_text(encoding="utf-8").strip(),
