@@ -31,6 +31,8 @@ FIM = get_format("starcoder")
         ("\n\n  end", "\n\n  ", True),
         ("\n", "\n\n  ", True),
         ("\nx", "\n\n  ", False),
+        ("\n  def", "\n", True),  # at a line's start, indentation may follow
+        ("\n", "\n", False),
     ],
 )
 def test_the_healing_rule(text: str, target: str, ok: bool) -> None:

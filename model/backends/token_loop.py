@@ -322,15 +322,20 @@ def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generato
 def heals(text: str, target: str, blank: bool) -> bool:
     """May generation that has produced ``text`` still re-create ``target``?
 
-    Shorter than the target: it must be a prefix of it. Otherwise it must start with it;
-    after a whitespace target, code must follow at once (not the bare boundary being
-    avoided, and not more blanks: a deeper indentation than the cursor's).
+    Shorter than the target: it must be a prefix of it. Otherwise it must start with it.
+    After a whitespace target something must follow (not the bare boundary being
+    avoided); after typed indentation that is code, not more blanks (a deeper indentation
+    than the cursor's), while at the start of a line any indentation may follow.
     """
     if len(text) < len(target):
         return target.startswith(text)
     if not text.startswith(target):
         return False
-    return not blank or (len(text) > len(target) and text[len(target)] not in " \t")
+    if not blank:
+        return True
+    if len(text) == len(target):
+        return False
+    return target.endswith("\n") or text[len(target)] not in " \t"
 
 
 def common_prefix_length(a: Sequence[object], b: Sequence[object]) -> int:
