@@ -1,4 +1,4 @@
-"""The whole path with a real model: the transformers backend on the tiny test model."""
+"""The whole path with a real model: each in-process backend on the tiny test model."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ URI = "file:///work/app/orders.rb"
 DOC = "class Orders\n  def total(items)\n    \n  end\nend\n"
 
 
+@pytest.mark.parametrize("backend", ["transformers", "ctransformers", "auto"])
 async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = {"backend": "transformers", "modelPath": str(tiny_model_dir), "maxTokens": 16}
+    monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(tmp_path / "cache"))  # GGML conversions
+    settings = {"backend": backend, "modelPath": str(tiny_model_dir), "maxTokens": 16}
     async with session(settings) as client:
         open_doc(client, URI, DOC)
         first, partials = await stream(client, URI, 2, 4)
@@ -27,6 +29,8 @@ async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
         second, _ = await stream(client, URI, 2, 5)
         answer = await inline(client, URI, 2, 5)
     assert first["source"] == "model" and first["model_id"] not in ("", "none")
+    if backend != "transformers":  # "auto" runs this StarCoder-architecture model in GGML
+        assert list((tmp_path / "cache" / "ggml").glob("*.bin"))
     assert first["prompt_tokens"] > 0
     assert first["verdict"] in ("ok", "trimmed", "dropped", "empty")
     assert "".join(p["text"] for p in partials) == first["text"]
