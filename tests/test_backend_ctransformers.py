@@ -158,3 +158,14 @@ def test_auto_without_ctransformers_installed_uses_transformers(
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert auto_backend_kind(trained_model) == "transformers"
+
+
+def test_auto_falls_back_to_transformers_when_the_conversion_cannot_be_written(
+    trained_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(blocked))
+    with pytest.raises(ModelError, match="cannot write the GGML conversion"):
+        load_backend("ctransformers", trained_model, threads=1)
+    assert load_backend("auto", trained_model, threads=1).name == "transformers"

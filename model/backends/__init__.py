@@ -8,12 +8,15 @@ read it and the model builders (``model.tiny``, the trainer's export) write it.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rubytailor.errors import ConfigError, ModelError
 from rubytailor.model.backends.base import Backend
+
+log = logging.getLogger(__name__)
 
 METADATA_FILE = "rubytailor.json"
 METADATA_VERSION = 1
@@ -76,6 +79,13 @@ def load_backend(kind: str, model_path: Path, *, threads: int | None = None) -> 
     """
     if kind == "auto":
         kind = auto_backend_kind(Path(model_path))
+        if kind == "ctransformers":
+            try:
+                return load_backend(kind, model_path, threads=threads)
+            except ModelError as exc:
+                # E.g. an unwritable cache for the conversion: the slower backend still works.
+                log.warning("ctransformers cannot run %s (%s); using transformers", model_path, exc)
+                kind = "transformers"
     if kind == "ctransformers":
         from rubytailor.model.backends.ctransformers_backend import CTransformersBackend
 
