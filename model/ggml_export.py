@@ -33,18 +33,30 @@ from safetensors import safe_open
 from rubytailor.errors import ModelError
 
 GGML_MAGIC = 0x67676D6C  # "ggml"
+# Part of the cached file's name: a change to the conversion must not reuse old files.
+CONVERTER_VERSION = 1
 FTYPES = {"f32": 0, "f16": 1}
 SUPPORTED_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu")
 
 
 def export_ggml(model_dir: Path, out: Path, ftype: str = "f16") -> Path:
-    """Convert ``model_dir`` to a GGML file at ``out`` (written atomically)."""
+    """Convert ``model_dir`` to a GGML file at ``out`` (written atomically).
+
+    Raises ModelError for a model it cannot convert, OSError when ``out`` cannot be written.
+    """
     if ftype not in FTYPES:
         raise ValueError(f"ftype must be one of {', '.join(FTYPES)}, not {ftype!r}")
     config = _checked_config(model_dir)
-    tensors = _load_tensors(model_dir)
-    vocab = vocabulary_bytes(model_dir / "tokenizer.json", int(config["vocab_size"]))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail on an unwritable place before the work
+    try:
+        tensors = _load_tensors(model_dir)
+        vocab = vocabulary_bytes(model_dir / "tokenizer.json", int(config["vocab_size"]))
+        arrays = list(_ggml_tensors(config, tensors))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelError(f"cannot convert {model_dir} to GGML ({exc!r})") from exc
+    specs = tensor_specs(config)
+    if [(n, a.shape) for n, a in arrays] != specs:
+        raise ModelError(f"the tensors of {model_dir} do not have the shapes its config states")
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -53,13 +65,39 @@ def export_ggml(model_dir: Path, out: Path, ftype: str = "f16") -> Path:
             for token in vocab:
                 f.write(struct.pack("<I", len(token)))
                 f.write(token)
-            for name, array in _ggml_tensors(config, tensors):
+            for name, array in arrays:
                 _write_tensor(f, name, array, half=ftype == "f16" and _is_matrix(name))
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
+
+
+def file_is_complete(path: Path, config: dict[str, Any], ftype: str = "f16") -> bool:
+    """Whether a GGML file written by ``export_ggml`` has every byte its header implies.
+
+    ggml's loader reads until end of file without checking, so a truncated file would
+    load with missing weights; this reads the header and vocabulary and checks the size.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(28)
+            if len(head) < 28 or struct.unpack("<I", head[:4])[0] != GGML_MAGIC:
+                return False
+            (n_vocab,) = struct.unpack("<i", f.read(4))
+            for _ in range(n_vocab):
+                (length,) = struct.unpack("<I", f.read(4))
+                f.seek(length, os.SEEK_CUR)
+            offset = f.tell()
+        size = path.stat().st_size
+    except (OSError, struct.error):
+        return False
+    for name, shape in tensor_specs(config):
+        half = ftype == "f16" and _is_matrix(name)
+        count = int(np.prod(shape))
+        offset += 12 + 4 * len(shape) + len(name.encode()) + count * (2 if half else 4)
+    return offset == size
 
 
 def supports(model_dir: Path) -> str | None:
@@ -81,11 +119,23 @@ def _checked_config(model_dir: Path) -> dict[str, Any]:
             f"the ggml export handles GPTBigCode (StarCoder) models; {model_dir} is "
             f"{config.get('model_type')!r}: use the transformers backend for it"
         )
-    n_embd = int(config["n_embd"])
+    try:
+        n_embd, n_head = int(config["n_embd"]), int(config["n_head"])
+        for key in ("vocab_size", "n_positions", "n_layer"):
+            int(config[key])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{model_dir}/config.json lacks a usable {exc}") from exc
+    if n_embd % n_head:
+        raise ModelError("n_embd must be a multiple of n_head")
     if config.get("n_inner") not in (None, 4 * n_embd):
         raise ModelError("the ggml starcoder model needs n_inner = 4 * n_embd")
     if config.get("activation_function") not in SUPPORTED_ACTIVATIONS:
         raise ModelError(f"activation {config.get('activation_function')!r} is not ggml's GELU")
+    # ggml's starcoder graph hard-codes these; a model built otherwise would run, wrongly.
+    if abs(float(config.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-9:
+        raise ModelError("the ggml starcoder model needs layer_norm_epsilon = 1e-5")
+    if not config.get("scale_attn_weights", True):
+        raise ModelError("the ggml starcoder model scales attention weights")
     if not (model_dir / "model.safetensors").is_file():
         raise ModelError(f"{model_dir} has no model.safetensors to convert")
     if not (model_dir / "tokenizer.json").is_file():
@@ -130,8 +180,34 @@ def _ggml_tensors(
     yield "model/ln_f/g", t[p + "ln_f.weight"]
     yield "model/ln_f/b", t[p + "ln_f.bias"]
     # Untied heads only: the loader copies wte into lm_head when the file has none.
-    if "lm_head.weight" in t and not bool(config.get("tie_word_embeddings", True)):
+    if not bool(config.get("tie_word_embeddings", True)):
         yield "model/lm_head", t["lm_head.weight"]
+
+
+def tensor_specs(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """(ggml name, PyTorch-layout shape) of every tensor ``export_ggml`` writes, in order."""
+    e, v, n_pos = int(config["n_embd"]), int(config["vocab_size"]), int(config["n_positions"])
+    specs: list[tuple[str, tuple[int, ...]]] = [("model/wte", (v, e)), ("model/wpe", (n_pos, e))]
+    for i in range(int(config["n_layer"])):
+        g = f"model/h{i}/"
+        specs += [
+            (g + "ln_1/g", (e,)),
+            (g + "ln_1/b", (e,)),
+            (g + "attn/c_attn/w", (3 * e, e)),
+            (g + "attn/c_attn/b", (3 * e,)),
+            (g + "attn/c_proj/w", (e, e)),
+            (g + "attn/c_proj/b", (e,)),
+            (g + "ln_2/g", (e,)),
+            (g + "ln_2/b", (e,)),
+            (g + "mlp/c_fc/w", (4 * e, e)),
+            (g + "mlp/c_fc/b", (4 * e,)),
+            (g + "mlp/c_proj/w", (e, 4 * e)),
+            (g + "mlp/c_proj/b", (e,)),
+        ]
+    specs += [("model/ln_f/g", (e,)), ("model/ln_f/b", (e,))]
+    if not bool(config.get("tie_word_embeddings", True)):
+        specs.append(("model/lm_head", (v, e)))
+    return specs
 
 
 def _qkv(w: np.ndarray, n_head: int, n_embd: int, multi_query: bool) -> np.ndarray:

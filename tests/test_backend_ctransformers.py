@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import struct
 import sys
 from pathlib import Path
 
@@ -112,18 +111,45 @@ def test_cancel_and_max_tokens(trained_model: Path) -> None:
     assert stats.stopped_by == "cancelled" and stats.generated_tokens == 0
     _, stats = run(backend, PREFIXES[2], tokens=3)
     assert stats.generated_tokens <= 3
+    assert stats.stopped_by in ("max_tokens", "eos")
+    assert stats.generated_tokens == 3 or stats.stopped_by == "eos"
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_conversion_is_cached_and_a_damaged_one_is_redone(
-    trained_model: Path, private_cache: Path
+    trained_model: Path, private_cache: Path, damage: str
 ) -> None:
     first = load_backend("ctransformers", trained_model, threads=1)
     files = list((private_cache / "ggml").glob("*.bin"))
     assert len(files) == 1
-    files[0].write_bytes(b"not a ggml file")
+    whole = files[0].read_bytes()
+    # ggml's loader would accept a truncated file and run with missing weights.
+    files[0].write_bytes(b"not a ggml file" if damage == "garbage" else whole[:-100])
     again = load_backend("ctransformers", trained_model, threads=1)
-    assert files[0].read_bytes()[:4] == struct.pack("<I", ggml_export.GGML_MAGIC)
+    assert files[0].read_bytes() == whole
     assert run(again, PREFIXES[1])[0] == run(first, PREFIXES[1])[0]
+
+
+def test_a_failed_forward_pass_leaves_nothing_behind(
+    trained_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = load_backend("ctransformers", trained_model, threads=1)
+    fresh = load_backend("ctransformers", trained_model, threads=1)
+    run(backend, PREFIXES[0])  # fill the cache
+    real = backend._forward
+    calls = {"n": 0}
+
+    def failing_once(new_ids: list[int]) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ModelError("ctransformers failed to evaluate the prompt")
+        return real(new_ids)
+
+    monkeypatch.setattr(backend, "_forward", failing_once)
+    with pytest.raises(ModelError):
+        run(backend, PREFIXES[0] + "x")
+    assert backend._cached_ids == []
+    assert run(backend, PREFIXES[3])[0] == run(fresh, PREFIXES[3])[0]
 
 
 def test_vocabulary_bytes_round_trip_through_the_byte_level_alphabet(trained_model: Path) -> None:
@@ -150,14 +176,23 @@ def test_other_architectures_get_a_clear_error_and_auto_falls_back(tmp_path: Pat
     assert auto_backend_kind(model_dir) == "transformers"
 
 
-def test_auto_without_ctransformers_installed_uses_transformers(
-    trained_model: Path, monkeypatch: pytest.MonkeyPatch
+def test_without_ctransformers_installed_auto_uses_transformers_and_explicit_fails(
+    trained_model: Path, private_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "ctransformers", None)
     import importlib.util
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setitem(sys.modules, "ctransformers", None)  # import fails
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ctransformers" else real_find_spec(name, *a),
+    )
     assert auto_backend_kind(trained_model) == "transformers"
+    assert load_backend("auto", trained_model, threads=1).name == "transformers"
+    with pytest.raises(ModelError, match="pip install"):
+        load_backend("ctransformers", trained_model, threads=1)
+    assert not (private_cache / "ggml").exists()  # nothing converted for nothing
 
 
 def test_auto_falls_back_to_transformers_when_the_conversion_cannot_be_written(

@@ -106,3 +106,13 @@ def test_byte_level_tokens_decode_alone_so_healing_is_on(tmp_path: Path) -> None
     loaded = load_backend("transformers", model, threads=1)
     assert isinstance(loaded, TokenLoopBackend)
     assert loaded._heals_cleanly()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prefix", ["puts 'café", "# 日本語", "x = '😀"])
+def test_pieces_of_a_multi_byte_character_are_not_healed(
+    backend: TokenLoopBackend, prefix: str
+) -> None:
+    ids = backend._encode(prefix)
+    assert "\ufffd" in backend._token_texts()[ids[-1]]  # the tiny vocabulary splits it
+    assert backend._heal(ids) == (ids, "")

@@ -165,7 +165,13 @@ def _other_backends(args: argparse.Namespace) -> dict[str, object]:
 
     if auto_backend_kind(args.model) != "ctransformers":
         return {}
-    return {"ctransformers": load_backend("ctransformers", args.model, threads=args.threads)}
+    try:
+        backend = load_backend("ctransformers", args.model, threads=args.threads or None)
+    except RubytailorError as exc:
+        log.warning("no ctransformers latency: %s", exc)
+        return {}
+    backend.token_healing = not args.no_token_healing
+    return {"ctransformers": backend}
 
 
 def _prism_parses() -> Callable[[str], bool] | None:

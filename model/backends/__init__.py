@@ -82,8 +82,7 @@ def load_backend(kind: str, model_path: Path, *, threads: int | None = None) -> 
         if kind == "ctransformers":
             try:
                 return load_backend(kind, model_path, threads=threads)
-            except ModelError as exc:
-                # E.g. an unwritable cache for the conversion: the slower backend still works.
+            except Exception as exc:  # any failure here: the slower backend may still work
                 log.warning("ctransformers cannot run %s (%s); using transformers", model_path, exc)
                 kind = "transformers"
     if kind == "ctransformers":

@@ -100,8 +100,9 @@ class CTransformersBackend(TokenLoopBackend):
                 f"cannot load {model_dir}/tokenizer.json ({exc}); re-copy the tokenizer "
                 "files that came with the model"
             ) from exc
-        ident = model_id(model_dir)
-        ggml_file = _ggml_file(model_dir, ident)
+        special = _special_tokens(model_dir)
+        fim, order, context_length = fim_settings(model_dir, set(special), config)
+        context_length = min(context_length, int(config.get("n_positions", context_length)))
         try:
             from ctransformers import LLM
         except ImportError as exc:
@@ -109,20 +110,17 @@ class CTransformersBackend(TokenLoopBackend):
                 "the ctransformers backend needs the ctransformers package: "
                 "pip install 'rubytailor[ggml]', or choose the transformers backend"
             ) from exc
+        ident = model_id(model_dir)
+        ggml_file = _ggml_file(model_dir, ident, config)
         try:
             llm = LLM(str(ggml_file), "starcoder")
-        except (RuntimeError, ValueError, OSError):
-            # A damaged conversion in the cache: convert again, once.
-            log.warning("ctransformers could not load %s; converting again", ggml_file)
-            ggml_file.unlink(missing_ok=True)
-            ggml_file = _ggml_file(model_dir, ident)
-            try:
-                llm = LLM(str(ggml_file), "starcoder")
-            except (RuntimeError, ValueError, OSError) as exc:
-                raise ModelError(f"ctransformers could not load {ggml_file} ({exc})") from exc
-        special = _special_tokens(model_dir)
-        fim, order, context_length = fim_settings(model_dir, set(special), config)
-        context_length = min(context_length, int(config.get("n_positions", context_length)))
+        except OSError as exc:
+            # CDLL failed: no native library for this platform. The file is not at fault.
+            raise ModelError(f"ctransformers cannot run on this machine ({exc})") from exc
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(
+                f"ctransformers could not load {ggml_file} ({exc}); its log is on stderr"
+            ) from exc
         backend = cls(
             llm=llm,
             tokenizer=tokenizer,
@@ -176,12 +174,18 @@ class CTransformersBackend(TokenLoopBackend):
         return logits.copy()  # the buffer is overwritten by the next evaluation
 
 
-def _ggml_file(model_dir: Path, ident: str) -> Path:
-    """The model's GGML file: converted on first use, then reused while the weights last."""
+def _ggml_file(model_dir: Path, ident: str, config: dict[str, Any]) -> Path:
+    """The model's GGML file: converted on first use, then reused while the weights last.
+
+    A cached file that is not complete (damaged, truncated) is converted again.
+    """
     name = ident.replace("@", "-").replace(os.sep, "_")
-    target = paths.cache_dir() / "ggml" / f"{name}-{GGML_FTYPE}.bin"
+    version = ggml_export.CONVERTER_VERSION
+    target = paths.cache_dir() / "ggml" / f"{name}-{GGML_FTYPE}-v{version}.bin"
     if target.is_file():
-        return target
+        if ggml_export.file_is_complete(target, config, GGML_FTYPE):
+            return target
+        log.warning("%s is incomplete; converting the model again", target)
     started = time.perf_counter()
     try:
         ggml_export.export_ggml(model_dir, target, GGML_FTYPE)

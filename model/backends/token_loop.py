@@ -9,12 +9,14 @@ Logits are numpy arrays, so this module never imports torch.
 KV-cache reuse. Typing only appends to an SPM prompt, so consecutive prompts share a
 long token prefix. The loop keeps the token ids of the previous call (its prompt plus
 what it generated), crops the cache to the longest common prefix with the new prompt,
-and evaluates only the rest. The cache never changes results: it holds exactly the
-keys/values a full evaluation would compute.
+and evaluates only the rest. The cache holds the keys/values a full evaluation would
+compute (bit for bit in transformers; in GGML, evaluated in different batches, equal
+up to float rounding).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +66,7 @@ class TokenLoopBackend:
         self._texts: list[str] | None = None
         self._healing_masks: dict[tuple[str, str], np.ndarray] = {}
         self._clean_texts: bool | None = None
+        self._index: tuple[dict[str, list[int]], list[str], list[int]] | None = None
         # See _heal; off only to compare with plain generation.
         self.token_healing = True
         self._cached_ids: list[int] = []  # token ids whose keys/values are in the cache
@@ -137,7 +140,9 @@ class TokenLoopBackend:
                     if allowed.any():
                         logits = np.where(allowed, logits, -np.inf)
                     else:
-                        target = ""  # no token fits: let the model go on freely
+                        # No token fits: let the model go on freely. What it writes is
+                        # still cut where it repeats the rest of the healed text.
+                        target = ""
                 token = choose(logits, params, rng)
                 if len(generated) < len(target):
                     generated += self._token_texts()[token]
@@ -151,7 +156,7 @@ class TokenLoopBackend:
                 pending = [token]
                 piece = decoder.push(token)
                 if healed and piece:
-                    # Drop the healed whitespace: it is already in the document.
+                    # Drop the re-created text: it is already in the document.
                     cut = common_prefix_length(piece, healed)
                     piece, healed = piece[cut:], healed[cut:]
                 if piece:
@@ -198,28 +203,61 @@ class TokenLoopBackend:
         if end == len(ids) and end > floor and ids[-1] not in self._special_ids:
             end -= 1  # not whitespace: heal the last token alone
         target = "".join(texts[i] for i in ids[end:])
-        if not target or not self._healing_mask(target, "").any():
-            return ids, ""
+        if not target or REPLACEMENT_CHAR in target or not self._healing_mask(target, "").any():
+            return ids, ""  # nothing to heal, or bytes of a character the text cannot name
         return ids[:end], target
 
     def _healing_mask(self, target: str, generated: str) -> np.ndarray:
-        """Tokens that keep ``generated`` on the way to re-creating ``target`` (cached)."""
+        """Tokens that keep ``generated`` on the way to re-creating ``target`` (cached).
+
+        With ``rest`` the part of the target still to come, those are the tokens that
+        are a proper prefix of ``rest`` (found by looking up each prefix) and the tokens
+        that start with ``rest`` (a range of the sorted token texts), the latter filtered
+        by ``heals``; not a pass over the vocabulary, so cheap on every keystroke.
+        """
         key = (target, generated)
         mask = self._healing_masks.get(key)
         if mask is None:
+            mask = np.zeros(self._vocab_size, dtype=bool)
+            rest = target[len(generated) :]
+            by_text, texts, ids = self._text_index()
+            for k in range(1, len(rest)):
+                mask[by_text.get(rest[:k], [])] = True
+            lo = bisect.bisect_left(texts, rest)
+            hi = bisect.bisect_left(texts, rest + "\U0010ffff")
             blank = target.isspace()
-            mask = np.array(
-                [bool(t) and heals(generated + t, target, blank) for t in self._token_texts()]
-            )
+            for text, token in zip(texts[lo:hi], ids[lo:hi], strict=True):
+                mask[token] = heals(generated + text, target, blank)
             mask[list(self._special_ids)] = False
             if len(self._healing_masks) >= HEALING_MASKS_KEPT:
                 self._healing_masks.clear()
             self._healing_masks[key] = mask
         return mask
 
+    def _text_index(self) -> tuple[dict[str, list[int]], list[str], list[int]]:
+        """Token texts for healing lookups: text -> ids, and texts sorted with their ids.
+
+        Tokens that are part of a multi-byte character (decoding to U+FFFD alone) are left
+        out: their text does not say which bytes they hold.
+        """
+        if self._index is None:
+            pairs = sorted(
+                (text, token)
+                for token, text in enumerate(self._token_texts())
+                if text and REPLACEMENT_CHAR not in text and token not in self._special_ids
+            )
+            by_text: dict[str, list[int]] = {}
+            for text, token in pairs:
+                by_text.setdefault(text, []).append(token)
+            self._index = (by_text, [t for t, _ in pairs], [i for _, i in pairs])
+        return self._index
+
     def _heals_cleanly(self) -> bool:
-        """Healing compares token texts, so each token must decode to its own text alone
-        (true of byte-level BPE; SentencePiece drops a leading space at a decode's start)."""
+        """Healing compares token texts, so each token must decode to its own text alone.
+
+        True of byte-level BPE apart from the pieces of multi-byte characters, which
+        healing leaves alone; SentencePiece drops a leading space at a decode's start.
+        """
         if self._clean_texts is None:
             probe = "class A\n  def b(c)\n    d = [c, 1]\n"
             ids = self._encode(probe)
@@ -229,7 +267,7 @@ class TokenLoopBackend:
         return self._clean_texts
 
     def _token_texts(self) -> list[str]:
-        """Each token id's text, decoded once (an 8k vocabulary takes milliseconds)."""
+        """Each token id's text, decoded once per loaded model."""
         if self._texts is None:
             self._texts = [self._decode([i]) for i in range(self._vocab_size)]
         return self._texts
