@@ -69,7 +69,7 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
                 uri = client.open(virtual, scenario.text)
                 # Warm-up request at the start of the line, as when the cursor lands there.
                 first = await client.stream(uri, scenario.line, scenario.column)
-                info = first.result or info
+                info = {**info, **(first.result or {})}
                 tally.lines += 1
                 if first.text.split("\n", 1)[0] == scenario.typed:
                     tally.exact_lines += 1
@@ -116,7 +116,8 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
     lines = [
         "rubytailor bench latency",
         f"  machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        f"  backend: {args.backend}, model: {info.get('model_id', args.model or 'default')}",
+        f"  backend: {info.get('backend') or args.backend}, "
+        f"model: {info.get('model_id', args.model or 'default')}",
         f"  files: {', '.join(p.name for p in args.files)}; {tally.lines} lines typed, "
         f"{len(tally.outcomes)} keystrokes, one streamed request each",
         f"  answered by the model: {len(model_served)}, from the suggestion cache: {len(cached)}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lsp_support import edit, inline, open_doc, session, stream
+from lsp_support import edit, inline, open_doc, plain, session, stream
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,11 @@ async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
         edit(client, URI, 2, (2, 4), (2, 4), typed)
         second, _ = await stream(client, URI, 2, 5)
         answer = await inline(client, URI, 2, 5)
+        status = plain(await client.protocol.send_request_async("rubytailor/status", {}))
     assert first["source"] == "model" and first["model_id"] not in ("", "none")
-    if backend != "transformers":  # "auto" runs this StarCoder-architecture model in GGML
+    # "auto" runs this StarCoder-architecture model in GGML.
+    assert status["backend"] == ("transformers" if backend == "transformers" else "ctransformers")
+    if backend != "transformers":
         assert list((tmp_path / "cache" / "ggml").glob("*.bin"))
     assert first["prompt_tokens"] > 0
     assert first["verdict"] in ("ok", "trimmed", "dropped", "empty")

@@ -52,7 +52,7 @@ def _report_section(title: str, report: dict[str, Any]) -> list[str]:
         "after the Prism check the server applies; *Prism-valid* is the share of "
         "non-empty raw suggestions that add no syntax error.",
         "",
-        "- Bits per byte on test files: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()),
+        "- Bits per byte on these files: " + ", ".join(f"{k} {v:.3f}" for k, v in bpb.items()),
         *(
             f"- Single-line latency with a warm prompt cache ({name} backend, this "
             f"machine): median {_num(m.get('median_ms'), 1)} ms, p90 "

@@ -30,6 +30,8 @@ def register(server: RubytailorServer) -> None:
         }
         return {
             "model_id": completer.model_id,
+            # The backend that runs the model ("auto" in the settings resolves to this).
+            "backend": getattr(backend, "name", None),
             "model_error": str(completer.model_error) if completer.model_error else None,
             "prism_error": str(completer.prism_error) if completer.prism_error else None,
             "position_encoding": ls.position_encoding,
