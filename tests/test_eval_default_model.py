@@ -68,8 +68,8 @@ def test_default_model_suggests_ruby_that_prism_accepts() -> None:
     assert len(served) >= 4, served
 
 
-# Was a strict xfail: a prompt ending in whitespace got <|endoftext|> (model card,
-# 'Notes and limits'). The transformers backend's token healing now answers it.
+# Was a strict xfail: a prompt ending in whitespace got <|endoftext|>. Token healing
+# (model/backends/token_loop.py) now answers it.
 def test_default_model_suggests_after_indentation() -> None:
     from rubytailor.training.evaluate import complete
 
