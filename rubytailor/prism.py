@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,19 @@ class Prism:
         if not pointer:
             raise PrismError(f"Prism ran out of memory allocating {size} bytes")
         return pointer
+
+
+def validity_check(unavailable: str) -> Callable[[str], bool] | None:
+    """A loaded Prism's ``is_valid``, or None when prism.wasm cannot be loaded.
+
+    For tools that can go on without Prism; ``unavailable`` says what is lost, logged
+    with the reason.
+    """
+    try:
+        return Prism.load().is_valid
+    except PrismError as exc:
+        logger.warning("%s: %s", unavailable, exc)
+        return None
 
 
 def _compiled_module(digest: str, data: bytes) -> wasmtime.Module:

@@ -13,11 +13,10 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rubytailor import paths
-from rubytailor.errors import PrismError, RubytailorError
+from rubytailor.errors import RubytailorError
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +65,8 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_prepare)
 
 
-def _prism_check() -> Callable[[str], bool] | None:
-    from rubytailor.prism import Prism
-
-    try:
-        return Prism.load().is_valid
-    except PrismError as exc:
-        log.warning("no Prism parse filter: %s", exc)
-        return None
-
-
 def run_corpus(args: argparse.Namespace) -> int:
+    from rubytailor.prism import validity_check
     from rubytailor.training.corpus import (
         apply_parse_filter,
         build_corpus,
@@ -84,7 +74,7 @@ def run_corpus(args: argparse.Namespace) -> int:
         directory_source,
     )
 
-    check = None if args.no_prism else _prism_check()
+    check = None if args.no_prism else validity_check("no Prism parse filter")
     if args.prism_only:
         if check is None:
             raise RubytailorError("Prism is unavailable; run `make setup` to fetch prism.wasm.")

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from rubytailor.errors import PrismError, RubytailorError
@@ -81,6 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from rubytailor.model.backends.transformers_backend import TransformersBackend
+    from rubytailor.prism import validity_check
     from rubytailor.training.eval_cases import line_cases, multiline_cases
     from rubytailor.training.evaluate import EvalConfig, evaluate
 
@@ -98,7 +98,11 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     check = _prism_checker()
     cases = line_cases(files, config.line_cases, config.seed) + multiline_cases(
-        files, config.multiline_cases, config.seed, _prism_parses()
+        files,
+        config.multiline_cases,
+        config.seed,
+        # Confirms multi-line spans are whole statements.
+        validity_check("multi-line spans by indentation alone"),
     )
     backend = TransformersBackend.load(args.model)
     backend.token_healing = not args.no_token_healing
@@ -172,17 +176,6 @@ def _other_backends(args: argparse.Namespace) -> dict[str, object]:
         return {}
     backend.token_healing = not args.no_token_healing
     return {"ctransformers": backend}
-
-
-def _prism_parses() -> Callable[[str], bool] | None:
-    """Prism's "parses without errors", to confirm multi-line spans are whole statements."""
-    from rubytailor.prism import Prism
-
-    try:
-        return Prism.load().is_valid
-    except PrismError as exc:
-        log.warning("multi-line spans by indentation alone: %s", exc)
-        return None
 
 
 def _prism_checker() -> object | None:
