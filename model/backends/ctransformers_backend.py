@@ -37,7 +37,7 @@ from rubytailor.model.backends.model_dir import (
     model_id,
     read_config,
 )
-from rubytailor.model.backends.token_loop import TokenLoopBackend
+from rubytailor.model.backends.token_loop import TokenLoopBackend, id_set, leading_ids
 from rubytailor.model.fim import FimFormat
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,6 @@ class CTransformersBackend(TokenLoopBackend):
         special_ids: set[int],
         threads: int,
     ) -> None:
-        plain = tokenizer.encode("def", add_special_tokens=False).ids
-        full = tokenizer.encode("def", add_special_tokens=True).ids
-        lead = full[: len(full) - len(plain)] if full[len(full) - len(plain) :] == plain else []
         super().__init__(
             fim=fim,
             fim_order=fim_order,
@@ -77,7 +74,10 @@ class CTransformersBackend(TokenLoopBackend):
             vocab_size=int(llm.vocab_size),
             stop_ids=stop_ids,
             special_ids=special_ids,
-            lead_ids=lead,
+            lead_ids=leading_ids(
+                tokenizer.encode("def", add_special_tokens=False).ids,
+                tokenizer.encode("def", add_special_tokens=True).ids,
+            ),
         )
         self.llm = llm
         self.tokenizer = tokenizer
@@ -210,9 +210,4 @@ def _stop_ids(
         token = tokenizer.token_to_id(text)
         if token is not None:
             ids.add(token)
-    eos = config.get("eos_token_id")
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, list):
-        ids.update(v for v in eos if isinstance(v, int))
-    return ids
+    return ids | id_set(config.get("eos_token_id"))

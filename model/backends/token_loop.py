@@ -376,6 +376,24 @@ def heals(text: str, target: str, blank: bool) -> bool:
     return target.endswith("\n") or text[len(target)] not in " \t"
 
 
+def leading_ids(plain: Sequence[int], full: Sequence[int]) -> list[int]:
+    """Special tokens an encoder puts before any text (Llama-style BOS), else [].
+
+    ``plain`` and ``full`` encode the same text without and with special tokens.
+    """
+    lead = list(full[: len(full) - len(plain)])
+    return lead if list(full[len(lead) :]) == list(plain) else []
+
+
+def id_set(value: object) -> set[int]:
+    """A config's ``eos_token_id``-style value (an id, a list of ids, or None) as a set."""
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, list):
+        return {v for v in value if isinstance(v, int)}
+    return set()
+
+
 def common_prefix_length(a: Sequence[object], b: Sequence[object]) -> int:
     n = min(len(a), len(b))
     i = 0

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from rubytailor.errors import ModelError
 from rubytailor.model.backends.model_dir import check_model_dir, fim_settings, model_id
-from rubytailor.model.backends.token_loop import TokenLoopBackend
+from rubytailor.model.backends.token_loop import TokenLoopBackend, id_set, leading_ids
 from rubytailor.model.fim import FimFormat
 
 log = logging.getLogger(__name__)
@@ -179,17 +179,12 @@ def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, fim: FimFormat, config: 
     vocab = tokenizer.get_vocab()
     ids = {vocab[s] for s in fim.stop_strings if s in vocab}
     ids.update(tokenizer.all_special_ids)
-    for value in (config.eos_token_id, tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    return ids
+    return ids | id_set(config.eos_token_id) | id_set(tokenizer.eos_token_id)
 
 
 def _leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Special tokens the tokenizer puts before any text (Llama-style BOS), else []."""
-    plain = tokenizer.encode("def", add_special_tokens=False)
-    full = tokenizer.encode("def", add_special_tokens=True)
-    lead = full[: len(full) - len(plain)]
-    return list(lead) if full[len(lead) :] == plain else []
+    return leading_ids(
+        tokenizer.encode("def", add_special_tokens=False),
+        tokenizer.encode("def", add_special_tokens=True),
+    )
