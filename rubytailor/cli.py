@@ -120,6 +120,10 @@ def add_serve_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--tcp", metavar="HOST:PORT", default=None, help="listen on TCP instead (host: 127.0.0.1)"
     )
+    # LSP client libraries add these to the command line (vscode-languageclient appends
+    # --stdio for TransportKind.stdio, and --clientProcessId): stdio is the default anyway.
+    parser.add_argument("--stdio", action="store_true", help="serve on stdio (the default)")
+    parser.add_argument("--clientProcessId", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-file", type=Path, default=None, help="log here instead of stderr")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     _add_model_options(parser)
@@ -129,6 +133,9 @@ def add_serve_parser(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from rubytailor.lsp.serve import configure_logging, parse_tcp, serve
 
+    if args.stdio and args.tcp:
+        print("rubytailor serve: choose --stdio or --tcp, not both", file=sys.stderr)
+        return 2
     try:
         tcp = parse_tcp(args.tcp) if args.tcp else None
     except ValueError as exc:

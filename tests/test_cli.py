@@ -244,3 +244,30 @@ async def test_serve_over_tcp_answers_initialize(tmp_path: Path) -> None:
         await server.wait()
     assert "serving on 127.0.0.1:" in log.read_text()
     assert server.stdout is not None and await server.stdout.read() == b""
+
+
+def test_serve_accepts_the_flags_lsp_clients_add(tmp_path: Path) -> None:
+    """vscode-languageclient runs `rubytailor serve --stdio --clientProcessId=N`."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"processId": None, "rootUri": None, "capabilities": {}},
+        }
+    ).encode()
+    exit_body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
+    stdin = b"".join(f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in (body, exit_body))
+    done = subprocess.run(
+        [*RUBYTAILOR, "serve", "--stdio", "--clientProcessId=4242"],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+    assert b"unrecognized arguments" not in done.stderr
+    assert b'"serverInfo"' in done.stdout and b'"rubytailor"' in done.stdout
+
+
+def test_serve_refuses_stdio_and_tcp_together() -> None:
+    done = run_cli("serve", "--stdio", "--tcp", "2087")
+    assert done.returncode == 2 and "not both" in done.stderr
