@@ -31,7 +31,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rubytailor lsp model training personalization
+	$(BIN)/mypy -p rubytailor
 
 bench: setup
 	$(BIN)/rubytailor bench latency

@@ -7,6 +7,7 @@ from typing import Any
 from lsprotocol import types
 
 from rubytailor.lsp.suggestion import Suggestion
+from rubytailor.protocol import StreamResult
 
 # Sorts before any letter or digit, so clients list the AI item first.
 SORT_FIRST = "!0"
@@ -78,7 +79,7 @@ def completion_list(
     return types.CompletionList(is_incomplete=True, items=[item])
 
 
-def stream_result(stream_id: Any, suggestion: Suggestion | None) -> dict[str, Any]:
+def stream_result(stream_id: Any, suggestion: Suggestion | None) -> StreamResult:
     """The response of ``rubytailor/inlineStream``; ``text`` equals the joined partials."""
     if suggestion is None:
         return {

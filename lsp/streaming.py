@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-logger = logging.getLogger(__name__)
+from rubytailor.protocol import PARTIAL_METHOD, Partial
 
-PARTIAL_METHOD = "rubytailor/partial"
+logger = logging.getLogger(__name__)
 
 
 class Notifier(Protocol):
@@ -49,7 +49,7 @@ class PartialStream:
         self._done = True
 
     def _emit(self, text: str, *, done: bool) -> None:
-        payload = {"id": self.stream_id, "seq": self._seq, "text": text, "done": done}
+        payload: Partial = {"id": self.stream_id, "seq": self._seq, "text": text, "done": done}
         self._seq += 1
         self.sent += text
         self._notifier.notify(PARTIAL_METHOD, payload)

@@ -22,7 +22,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from rubytailor.errors import DocumentError
 from rubytailor.lsp.snapshot import Snapshot
-from rubytailor.model.completer import CompletionRequest, CompletionResult
+from rubytailor.model.pipeline import CompletionRequest, CompletionResult
 
 if TYPE_CHECKING:
     from rubytailor.lsp.server import RubytailorServer
@@ -96,7 +96,7 @@ async def suggest(
         if on_partial is not None:
             loop.call_soon_threadsafe(on_partial, delta)
 
-    future = ls.model_thread.submit(ls.completer.complete, request, partial_from_worker, token)
+    future = ls.model_thread.submit(ls.completer.generate, request, partial_from_worker, token)
     try:
         result = await asyncio.wrap_future(future)
     except asyncio.CancelledError:

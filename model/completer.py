@@ -1,15 +1,13 @@
-"""One completion, below the protocol: document text + cursor -> a checked suggestion.
+"""The model's lifecycle and the suggestion cache around the one completion pipeline.
 
-The stages run in a fixed order, each owned by its own module:
+``Completer`` loads the backend and Prism (retrying a failed model load), keeps the
+suggestion cache, and on a miss hands the request to ``model/pipeline.py:run``, the
+per-request function every caller shares. The server looks the cache up on its event
+loop (``cached``) and runs ``generate`` on the model thread; ``complete`` does both
+for callers with one thread (``rubytailor complete``, ``doctor``).
 
-    suggestion cache -> prompt (model/prompt) -> backend.stream -> stop rules
-    -> Prism streaming check -> result
-
-``Completer`` is not thread-safe, like the backends it owns: every method is called from
-one worker thread (the server's model thread, or the CLI's main thread). Partial text is
-handed out through ``on_partial`` as soon as Prism has validated it; the invariant the
-streaming protocol relies on is that the deltas passed to ``on_partial`` followed by
-``result.final_delta`` concatenate to ``result.text``.
+``Completer`` is not thread-safe, like the backends it owns: ``load``, ``generate``
+and ``complete`` are called from one worker thread; ``cached`` and ``forget`` from any.
 """
 
 from __future__ import annotations
@@ -21,24 +19,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rubytailor.errors import ModelError, PrismError, RubytailorError
+from rubytailor.model import pipeline
 from rubytailor.model.backends import load_backend
-from rubytailor.model.backends.base import (
-    Backend,
-    CancelToken,
-    GenerationParams,
-    GenerationStats,
-)
-from rubytailor.model.fim import get_format
-from rubytailor.model.prompt import PromptBudget, build_prompt
-from rubytailor.model.stop_rules import StopConfig, StopRules, is_single_line_position
+from rubytailor.model.backends.base import Backend, CancelToken
+from rubytailor.model.outcomes import Source, Verdict
+from rubytailor.model.pipeline import CompletionRequest, CompletionResult
 from rubytailor.model.suggestion_cache import SuggestionCache
-from rubytailor.model.syntax_check import StreamingCheck
 from rubytailor.prism import Prism
 
 logger = logging.getLogger(__name__)
 
-# The smallest prompt budget worth sending, whatever the settings and context length say.
-MIN_PROMPT_TOKENS = 16
 # A model that failed to load is tried again after this long, so putting it in place
 # (or fixing it) starts suggestions without restarting the editor.
 RETRY_LOAD_AFTER_S = 30.0
@@ -54,36 +44,6 @@ class ModelSpec:
     backend: str
     path: Path
     threads: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompletionRequest:
-    doc_key: str  # the document's URI (or path, from the CLI)
-    version: int | None
-    text: str  # the full document, as it was when the request started
-    offset: int  # cursor, as an index into ``text``
-    max_lines: int = 8
-    max_tokens: int = 64
-    max_prompt_tokens: int = 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class CompletionResult:
-    text: str  # the suggestion to insert at the cursor ("" for none)
-    # The tail of ``text`` that was not handed to ``on_partial``; sent with done=true.
-    final_delta: str
-    # A syntax_check.Verdict value ("ok", "trimmed", "dropped", "empty"), or "cached",
-    # "unchecked" (Prism unavailable), "cancelled", "none" (no model).
-    verdict: str
-    source: str  # "model", "typed_through", "exact" or "none"
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    generated_tokens: int = 0
-    ttft_ms: float | None = None  # to the first released partial, else to the result
-    total_ms: float = 0.0
-    cancelled: bool = False
-    stop_reason: str = ""
-    model_id: str = "none"
 
 
 class Completer:
@@ -189,8 +149,9 @@ class Completer:
         return CompletionResult(
             text=hit.text,
             final_delta=hit.text,
-            verdict="cached",
-            source=hit.kind,
+            verdict=Verdict.CACHED,
+            source=Source(hit.kind),
+            unchecked_text=hit.text,
             ttft_ms=elapsed,
             total_ms=elapsed,
             model_id=self.model_id,
@@ -206,134 +167,39 @@ class Completer:
         on_partial: Callable[[str], None],
         cancel: CancelToken,
     ) -> CompletionResult:
-        """The suggestion at ``request.offset``; see the module docstring for the stages."""
+        """The cached answer, else a new one (for callers that have one thread)."""
+        return self.cached(request) or self.generate(request, on_partial, cancel)
+
+    def generate(
+        self,
+        request: CompletionRequest,
+        on_partial: Callable[[str], None],
+        cancel: CancelToken,
+    ) -> CompletionResult:
+        """A new suggestion from the model (the cache is the caller's to consult first);
+        the result is remembered for typing through it."""
         started = time.perf_counter()
         if cancel.cancelled:
-            return _cancelled("", started, self.model_id)
-        cached = self.cached(request)
-        if cached is not None:
-            return cached
-        prefix, suffix = request.text[: request.offset], request.text[request.offset :]
+            return _cancelled(started, self.model_id)
         self.load()
         if self._backend is None:
             elapsed = _ms_since(started)
             return CompletionResult(
                 text="",
                 final_delta="",
-                verdict="none",
-                source="none",
+                verdict=Verdict.NONE,
+                source=Source.NONE,
                 ttft_ms=elapsed,
                 total_ms=elapsed,
                 stop_reason="no_model",
             )
-        result = self._generate(self._backend, request, prefix, suffix, on_partial, cancel)
-        result = replace(result, total_ms=_ms_since(started), model_id=self.model_id)
-        if result.ttft_ms is None:
-            result = replace(result, ttft_ms=result.total_ms)
+        result = pipeline.run(self._backend, self._prism, request, on_partial, cancel)
+        # The request's time includes a model load it waited for.
+        result = replace(result, total_ms=_ms_since(started))
         if not result.cancelled:
+            prefix, suffix = request.text[: request.offset], request.text[request.offset :]
             self._cache.remember(request.doc_key, prefix, suffix, result.text)
         return result
-
-    def _generate(
-        self,
-        backend: Backend,
-        request: CompletionRequest,
-        prefix: str,
-        suffix: str,
-        on_partial: Callable[[str], None],
-        cancel: CancelToken,
-    ) -> CompletionResult:
-        started = time.perf_counter()
-        fmt = get_format(backend.fim_format)
-        # The prompt and the generation share the model's context window.
-        budget_tokens = min(request.max_prompt_tokens, backend.context_length - request.max_tokens)
-        prompt = build_prompt(
-            prefix,
-            suffix,
-            fmt,
-            PromptBudget(max_prompt_tokens=max(budget_tokens, MIN_PROMPT_TOKENS)),
-            backend.count_tokens,
-            order="psm" if backend.fim_order == "psm" else "spm",
-        )
-        single_line = is_single_line_position(prefix, suffix)
-        rules = StopRules(
-            prefix, suffix, StopConfig(max_lines=request.max_lines, single_line=single_line)
-        )
-        check = StreamingCheck(self._prism, prefix, suffix) if self._prism is not None else None
-        stats = GenerationStats()
-        params = GenerationParams(max_new_tokens=request.max_tokens)
-        markers = _StopStrings(fmt.stop_strings)
-        released = ""
-        ttft_ms: float | None = None
-        stop_reason = ""
-
-        def accept(piece: str) -> bool:
-            """Feed one piece through the stop rules and Prism; True means stop."""
-            nonlocal released, ttft_ms
-            stop = rules.push(piece) if piece else False
-            now = check.release(rules.text) if check else _whole_lines(rules.text)
-            if len(now) > len(released):
-                if now.startswith(released):
-                    delta, released = now[len(released) :], now
-                    if ttft_ms is None:
-                        ttft_ms = _ms_since(started)
-                    on_partial(delta)
-                else:
-                    # Stop rules may retract lines (repetition); what was sent stays sent.
-                    logger.info("released text shrank; keeping what was sent")
-            return stop
-
-        pieces = backend.stream(prompt.text, params, cancel, stats)
-        try:
-            for raw_piece in pieces:
-                if cancel.cancelled:
-                    break
-                piece, hit_marker = markers.feed(raw_piece)
-                if accept(piece) or hit_marker:
-                    stop_reason = rules.reason or "stop_string"
-                    break
-            else:
-                # The stream ended: text held back as a possible marker was ordinary text.
-                if accept(markers.flush()):
-                    stop_reason = rules.reason or ""
-        finally:
-            close = getattr(pieces, "close", None)
-            if close is not None:
-                close()
-
-        base = CompletionResult(
-            text=released,
-            final_delta="",
-            verdict="cancelled",
-            source="model",
-            prompt_tokens=stats.prompt_tokens,
-            reused_tokens=stats.reused_tokens,
-            generated_tokens=stats.generated_tokens,
-            ttft_ms=ttft_ms,
-            cancelled=True,
-            stop_reason="cancelled",
-        )
-        if cancel.cancelled:
-            # What was already sent stays the result text, so partials still add up.
-            return base
-        if check is not None:
-            checked = check.finish(rules.text)
-            final_text, verdict = checked.text, str(checked.verdict)
-        else:
-            final_text, verdict = rules.text, "unchecked"
-        if not final_text.startswith(released):
-            # A stop rule cut lines already shown (runaway repetition): partials cannot be
-            # taken back, so the streaming contract wins and the shown text stays.
-            logger.warning("final text does not extend the released text; keeping the released")
-            final_text = released
-        return replace(
-            base,
-            text=final_text,
-            final_delta=final_text[len(released) :],
-            verdict=verdict,
-            cancelled=False,
-            stop_reason=stop_reason or stats.stopped_by,
-        )
 
 
 def complete_once(
@@ -368,53 +234,13 @@ def complete_once(
     return result, completer
 
 
-class _StopStrings:
-    """Cuts the stream at a FIM marker the model wrote out as plain text.
-
-    Text that could be the start of a marker is held back until the next piece shows
-    whether it is one, so no part of a marker ever reaches the stop rules.
-    """
-
-    def __init__(self, stop_strings: tuple[str, ...]) -> None:
-        self._stops = tuple(s for s in stop_strings if s)
-        self._pending = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """The text that is safe to accept now, and whether a marker was found."""
-        text = self._pending + piece
-        cuts = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if cuts:
-            self._pending = ""
-            return text[: min(cuts)], True
-        hold = max((_overlap(text, s) for s in self._stops), default=0)
-        self._pending = text[len(text) - hold :]
-        return text[: len(text) - hold], False
-
-    def flush(self) -> str:
-        pending, self._pending = self._pending, ""
-        return pending
-
-
-def _overlap(text: str, marker: str) -> int:
-    """Length of the longest end of ``text`` that is a proper start of ``marker``."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
-
-
-def _whole_lines(text: str) -> str:
-    """Without Prism, release only completed lines, as the checked path does."""
-    return text[: text.rfind("\n") + 1]
-
-
-def _cancelled(text: str, started: float, model_id: str) -> CompletionResult:
+def _cancelled(started: float, model_id: str) -> CompletionResult:
     elapsed = _ms_since(started)
     return CompletionResult(
-        text=text,
+        text="",
         final_delta="",
-        verdict="cancelled",
-        source="none",
+        verdict=Verdict.CANCELLED,
+        source=Source.NONE,
         ttft_ms=elapsed,
         total_ms=elapsed,
         cancelled=True,

@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
+from rubytailor.model.outcomes import RuleReason
+
 # Lines of prefix/suffix looked at; enough for scope and indentation style.
 CONTEXT_LINES = 200
 # A pattern of period 1 repeated this many times in a row is runaway ("))))))))").
@@ -59,7 +61,7 @@ _ALWAYS_OPEN = {"def", "class", "module", "case", "begin", "do"}
 _LOOPS = {"while", "until", "for"}
 _RUNAWAY_EXEMPT = set("0123456789,._ \t")
 
-Reason = Literal["newline", "max_lines", "block_end", "dedent", "repeats_suffix", "repetition"]
+Reason = RuleReason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +134,7 @@ class StopRules:
         return "\n".join(lines)
 
     @property
-    def reason(self) -> str | None:
+    def reason(self) -> RuleReason | None:
         """Why generation stopped, or would stop at the unfinished line; None if it would not."""
         if self._reason is not None:
             return self._reason

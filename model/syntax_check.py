@@ -19,19 +19,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from enum import StrEnum
 
 from rubytailor.errors import PrismError
+from rubytailor.model.outcomes import Verdict
 from rubytailor.prism import Prism
 
 logger = logging.getLogger(__name__)
-
-
-class Verdict(StrEnum):
-    OK = "ok"
-    TRIMMED = "trimmed"
-    DROPPED = "dropped"
-    EMPTY = "empty"  # the suggestion was empty to begin with
 
 
 @dataclass(frozen=True)

@@ -334,39 +334,40 @@ def check_backend_package(name: str, modules: tuple[str, ...], *, required: bool
 
 
 def check_model(backend: str, model: Path, threads: int | None) -> Check:
-    from rubytailor.model.backends import load_backend
-    from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
-    from rubytailor.model.fim import get_format
-    from rubytailor.model.prompt import assemble
+    """Load the model and complete one snippet through the served pipeline."""
+    from rubytailor.model.backends.base import CancelToken
+    from rubytailor.model.completer import Completer, ModelSpec
+    from rubytailor.model.pipeline import CompletionRequest
 
     name = f"model ({backend})"
     fix = (
         "set rubytailor.modelPath (or --model) to a model directory with config.json, "
         "weights and tokenizer.json"
     )
+    completer = Completer(ModelSpec(backend=backend, path=model, threads=threads))
+    completer.load()
+    if completer.model_error is not None:
+        return Check(name, False, str(completer.model_error), fix)
+    text = "def greet(name)\n  \nend\n"
+    request = CompletionRequest(
+        doc_key="<doctor>", version=None, text=text, offset=text.index("\nend"), max_tokens=4
+    )
     try:
-        loaded = load_backend(backend, model, threads=threads)
-        fmt = get_format(loaded.fim_format)
-        prompt = assemble(
-            "def greet(name)\n  ", "\nend\n", fmt, "psm" if loaded.fim_order == "psm" else "spm"
-        )
-        stats = GenerationStats()
-        # One token; with token healing it may only re-create the prompt's last spaces,
-        # so what counts is that a token was generated, not that text came out.
-        for _ in loaded.stream(prompt, GenerationParams(max_new_tokens=1), CancelToken(), stats):
-            pass
-    except RubytailorError as exc:
-        return Check(name, False, str(exc), fix)
+        result = completer.generate(request, lambda _delta: None, CancelToken())
     except Exception as exc:  # a model that loads but cannot generate is broken too
         return Check(name, False, f"{model} failed to generate: {exc!r}", fix)
-    name = f"model ({backend}: {loaded.name})" if backend == "auto" else name
-    if stats.generated_tokens == 0 and stats.stopped_by != "eos":
+    loaded = completer.backend
+    name = f"model ({backend}: {loaded.name})" if backend == "auto" and loaded else name
+    # With token healing a token may only re-create the prompt's last spaces, so what
+    # counts is that a token was generated, not that text came out.
+    if result.generated_tokens == 0 and result.stop_reason != "eos":
         return Check(
-            name, False, f"{model} produced no token (stopped by {stats.stopped_by!r})", fix
+            name, False, f"{model} produced no token (stopped by {result.stop_reason!r})", fix
         )
-    model_id = getattr(loaded, "model_id", loaded.name)
     return Check(
-        name, True, f"{model} loads and generates ({model_id}, {stats.total_s * 1000:.0f} ms)"
+        name,
+        True,
+        f"{model} loads and generates ({completer.model_id}, {result.total_ms:.0f} ms)",
     )
 
 

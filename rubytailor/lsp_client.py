@@ -17,9 +17,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-STREAM_METHOD = "rubytailor/inlineStream"
-PARTIAL_METHOD = "rubytailor/partial"
-STATUS_METHOD = "rubytailor/status"
+from rubytailor.protocol import PARTIAL_METHOD, STATUS_METHOD, STREAM_METHOD
 
 
 def field_of(obj: Any, name: str, default: Any = None) -> Any:

@@ -84,12 +84,10 @@ def test_count_tokens_adds_no_special_tokens(backend: TransformersBackend) -> No
 def test_greedy_output_matches_transformers_generate(backend: TransformersBackend) -> None:
     """Reference check: the hand-written decoding loop equals HF's own greedy search."""
     backend.reset_cache()
-    backend.token_healing = False  # HF's greedy search does not heal
     prompt = spm("class Inventory\n  def total\n    @items.")
-    try:
-        text, stats = generate(backend, prompt, GenerationParams(max_new_tokens=16))
-    finally:
-        backend.token_healing = True
+    # HF's greedy search does not heal.
+    params = GenerationParams(max_new_tokens=16, token_healing=False)
+    text, stats = generate(backend, prompt, params)
     ids = torch.tensor([backend.tokenizer.encode(prompt, add_special_tokens=False)])
     with torch.inference_mode():
         out = backend.model.generate(
@@ -121,9 +119,9 @@ def test_a_tokenizer_that_adds_bos_gets_it_before_the_prompt(model_copy: Path) -
     }
     tokenizer_file.write_text(json.dumps(spec))
     loaded = TransformersBackend.load(model_copy)
-    loaded.token_healing = False  # compared with plain generate() below
     prompt = spm("def total\n  ")
-    text, stats = generate(loaded, prompt, GenerationParams(max_new_tokens=8))
+    # Compared with plain generate() below.
+    text, stats = generate(loaded, prompt, GenerationParams(max_new_tokens=8, token_healing=False))
     ids = torch.tensor([loaded.tokenizer.encode(prompt)])  # with the BOS, as trained
     assert ids[0, 0].item() == 0
     assert stats.prompt_tokens == ids.shape[1] == loaded.count_tokens(prompt) + 1
@@ -179,10 +177,9 @@ def test_accepting_a_suggestion_reuses_its_generated_tokens(backend: Transformer
     backend.reset_cache()
     # Healing re-tokenizes the prompt's trailing whitespace together with the first
     # generated token, so this exact-token check runs without it.
-    backend.token_healing = False
     prompt = spm("config.each do |key, value|\n  ")
-    suggestion, first = generate(backend, prompt, GenerationParams(max_new_tokens=8))
-    backend.token_healing = True
+    params = GenerationParams(max_new_tokens=8, token_healing=False)
+    suggestion, first = generate(backend, prompt, params)
     assert suggestion
     _, after = generate(backend, prompt + suggestion)
     # The prompt, and the suggestion the model itself wrote, were already in the cache.

@@ -292,3 +292,25 @@ def test_a_failed_load_is_retried_when_asked_or_after_a_while(
     monkeypatch.setattr("rubytailor.model.completer.RETRY_LOAD_AFTER_S", 0.0)
     again.load()
     assert again.backend is backend
+
+
+def test_the_suggestion_cache_is_consulted_once_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = FakeBackend(["items.sum\n"])
+    completer = make_completer(backend, None)
+    lookups: list[str] = []
+    real_lookup = completer._cache.lookup
+
+    def counting(doc_key: str, prefix: str, suffix: str) -> object:
+        lookups.append(prefix)
+        return real_lookup(doc_key, prefix, suffix)
+
+    monkeypatch.setattr(completer._cache, "lookup", counting)
+    first, _ = run(completer, request("total = █\n"))
+    assert len(lookups) == 1 and first.source == "model"
+    # The server looks up on its loop, then runs generate on the model thread: generate
+    # itself never looks again.
+    assert completer.cached(request("total = █\n")) is not None
+    again = completer.generate(request("total = █\n"), lambda _d: None, CancelToken())
+    assert len(lookups) == 2 and again.source == "model"

@@ -51,14 +51,23 @@ def test_default_model_metadata_and_size() -> None:
     assert (MODEL_DIR / "README.md").read_text().count("## ") >= 4  # a real model card
 
 
+def _complete(backend: Any, prism: Any, prefix: str, suffix: str) -> str:
+    """The raw suggestion (before Prism) through eval's served pipeline."""
+    from rubytailor.training.eval_cases import Case
+    from rubytailor.training.evaluate import EvalConfig, complete
+
+    case = Case(kind="multiline", source="t", line=0, prefix=prefix, suffix=suffix, answer="")
+    return complete(backend, prism, case, EvalConfig()).unchecked_text
+
+
 def test_default_model_suggests_ruby_that_prism_accepts() -> None:
-    from rubytailor.model.syntax_check import Verdict, check_suggestion
-    from rubytailor.training.evaluate import complete
+    from rubytailor.model.outcomes import Verdict
+    from rubytailor.model.syntax_check import check_suggestion
 
     backend, prism = _backend_and_prism()
     served = []
     for prefix, suffix in CASES:
-        text, _ = complete(backend, prefix, suffix, single_line=False, max_new_tokens=24)
+        text = _complete(backend, None, prefix, suffix)
         kept = check_suggestion(prism, prefix, text, suffix).text
         if kept.strip():
             # What the server would show parses as cleanly as the document without it.
@@ -71,9 +80,7 @@ def test_default_model_suggests_ruby_that_prism_accepts() -> None:
 # Was a strict xfail: a prompt ending in whitespace got <|endoftext|>. Token healing
 # (model/backends/token_loop.py) now answers it.
 def test_default_model_suggests_after_indentation() -> None:
-    from rubytailor.training.evaluate import complete
-
     backend, _ = _backend_and_prism()
     prefix = "module Cache\n  class Store\n    def initialize\n      @data = {}\n    end\n\n    "
-    text, _ = complete(backend, prefix, "\n  end\nend\n", single_line=False, max_new_tokens=16)
+    text = _complete(backend, None, prefix, "\n  end\nend\n")
     assert text.strip()

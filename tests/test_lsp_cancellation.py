@@ -12,6 +12,8 @@ from lsp_support import STREAM, fake_settings, open_doc, plain, session, stream,
 from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 
+from rubytailor.protocol import STATUS_METHOD
+
 URI = "file:///work/app/slow.rb"
 DOC = "def report\n  \nend\n"
 # Many short lines so partials flow early; 20 ms per 2-character token: ~4 s in all,
@@ -32,7 +34,7 @@ async def first_partial(client: Any, stream_id: str, timeout: float = 10.0) -> N
 
 
 async def counters(client: Any) -> dict[str, int]:
-    status = plain(await client.protocol.send_request_async("rubytailor/status", {}))
+    status = plain(await client.protocol.send_request_async(STATUS_METHOD, {}))
     return status["backend_counters"]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from lsp_support import edit, inline, open_doc, plain, session, stream
 
+from rubytailor.protocol import STATUS_METHOD
+
 pytestmark = pytest.mark.slow
 
 URI = "file:///work/app/orders.rb"
@@ -28,7 +30,7 @@ async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
         edit(client, URI, 2, (2, 4), (2, 4), typed)
         second, _ = await stream(client, URI, 2, 5)
         answer = await inline(client, URI, 2, 5)
-        status = plain(await client.protocol.send_request_async("rubytailor/status", {}))
+        status = plain(await client.protocol.send_request_async(STATUS_METHOD, {}))
     assert first["source"] == "model" and first["model_id"] not in ("", "none")
     # "auto" runs this StarCoder-architecture model in GGML.
     assert status["backend"] == ("transformers" if backend == "transformers" else "ctransformers")

@@ -19,6 +19,8 @@ from lsp_support import (
 )
 from lsprotocol import types
 
+from rubytailor.protocol import STATUS_METHOD
+
 URI = "file:///work/app/lines.rb"
 DOC = "def lines\n  \nend\n"
 TEN_LINES = "".join(f"  line{i} = {i}\n" for i in range(10))
@@ -36,7 +38,7 @@ async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
 
 
 async def status(client: Any) -> dict[str, Any]:
-    return plain(await client.protocol.send_request_async("rubytailor/status", {}))
+    return plain(await client.protocol.send_request_async(STATUS_METHOD, {}))
 
 
 async def test_invalid_settings_are_shown_and_fall_back_to_defaults(tmp_path: Path) -> None:

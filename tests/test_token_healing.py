@@ -91,14 +91,24 @@ def test_the_text_taken_off_is_regenerated_and_not_repeated(
 
 
 @pytest.mark.slow
-def test_healing_can_be_switched_off(backend: TokenLoopBackend) -> None:
-    backend.token_healing = False
-    try:
-        ids = backend._encode("def valu")
-        assert backend._heal(ids) == (ids, "")
-    finally:
-        backend.token_healing = True
-    assert backend._heal(backend._encode("def valu"))[1] != ""
+def test_healing_can_be_switched_off(
+    backend: TokenLoopBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    healed: list[str] = []
+    original = backend._heal
+
+    def spy(ids: list[int]) -> tuple[list[int], str]:
+        out = original(ids)
+        healed.append(out[1])
+        return out
+
+    monkeypatch.setattr(backend, "_heal", spy)
+    prompt = "<fim_suffix>\n<fim_middle>def valu"
+    for heal in (True, False):
+        params = GenerationParams(max_new_tokens=2, token_healing=heal)
+        list(backend.stream(prompt, params, CancelToken(), GenerationStats()))
+    # Healing ran (and took text off) for the first call only.
+    assert len(healed) == 1 and healed[0]
 
 
 def test_byte_level_tokens_decode_alone_so_healing_is_on(tmp_path: Path) -> None:

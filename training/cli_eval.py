@@ -13,8 +13,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rubytailor.errors import PrismError, RubytailorError
+
+if TYPE_CHECKING:
+    from rubytailor.model.backends.base import Backend
+    from rubytailor.model.backends.transformers_backend import TransformersBackend
+    from rubytailor.prism import Prism
+    from rubytailor.training.evaluate import Checker
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +102,10 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         latency_cases=args.latency_cases,
         bpb_max_bytes=args.bpb_max_bytes,
+        token_healing=not args.no_token_healing,
     )
-    check = _prism_checker()
+    prism = _load_prism()
+    check = _prism_checker(prism)
     cases = line_cases(files, config.line_cases, config.seed) + multiline_cases(
         files,
         config.multiline_cases,
@@ -105,19 +114,19 @@ def run_eval(args: argparse.Namespace) -> int:
         validity_check("multi-line spans by indentation alone"),
     )
     backend = TransformersBackend.load(args.model)
-    backend.token_healing = not args.no_token_healing
     baseline = None if args.no_random_baseline else random_init_like(backend)
     report = evaluate(
         backend,
         cases,
         config,
+        prism=prism,
         check=check,
         texts=[text for _, text in files],
         baseline_backend=baseline,
         latency_backends=_other_backends(args),
     )
     report["model"] = str(args.model)
-    report["token_healing"] = backend.token_healing
+    report["token_healing"] = config.token_healing
     report["data"] = {
         "corpus": str(args.corpus or args.dir),
         "split": args.split,
@@ -142,7 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def random_init_like(backend: object) -> object:
+def random_init_like(backend: TransformersBackend) -> TransformersBackend:
     """The same architecture and tokenizer with random weights (seed 0): a floor."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -150,20 +159,20 @@ def random_init_like(backend: object) -> object:
     from rubytailor.model.backends.transformers_backend import TransformersBackend
     from rubytailor.model.fim import get_format
 
-    model = backend.model  # type: ignore[attr-defined]
+    model = backend.model
     torch.manual_seed(0)
     fresh = AutoModelForCausalLM.from_config(model.config).to(model.dtype).eval()
     return TransformersBackend(
         model=fresh,
-        tokenizer=backend.tokenizer,  # type: ignore[attr-defined]
-        fim=get_format(backend.fim_format),  # type: ignore[attr-defined]
-        fim_order=backend.fim_order,  # type: ignore[attr-defined]
-        context_length=backend.context_length,  # type: ignore[attr-defined]
+        tokenizer=backend.tokenizer,
+        fim=get_format(backend.fim_format),
+        fim_order=backend.fim_order,
+        context_length=backend.context_length,
         model_id="random-init",
     )
 
 
-def _other_backends(args: argparse.Namespace) -> dict[str, object]:
+def _other_backends(args: argparse.Namespace) -> dict[str, Backend]:
     """The same model under ctransformers, for its latency, when it can run it."""
     from rubytailor.model.backends import auto_backend_kind, load_backend
 
@@ -174,18 +183,25 @@ def _other_backends(args: argparse.Namespace) -> dict[str, object]:
     except RubytailorError as exc:
         log.warning("no ctransformers latency: %s", exc)
         return {}
-    backend.token_healing = not args.no_token_healing
     return {"ctransformers": backend}
 
 
-def _prism_checker() -> object | None:
-    from rubytailor.model.syntax_check import Verdict, check_suggestion
+def _load_prism() -> Prism | None:
     from rubytailor.prism import Prism
 
     try:
-        prism = Prism.load()
+        return Prism.load()
     except PrismError as exc:
         log.warning("no Prism-valid rate: %s", exc)
+        return None
+
+
+def _prism_checker(prism: Prism | None) -> Checker | None:
+    """The one-shot check for baselines' suggestions (the model's runs in the pipeline)."""
+    from rubytailor.model.outcomes import Verdict
+    from rubytailor.model.syntax_check import check_suggestion
+
+    if prism is None:
         return None
 
     def check(prefix: str, raw: str, suffix: str) -> tuple[bool, str]:

@@ -11,13 +11,16 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rubytailor.errors import ModelError
 from rubytailor.model.backends import ModelMetadata
 from rubytailor.training.trainer import load_trained_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +44,6 @@ def export_run(
         raise ModelError(f"no tokenizer.json in {tokenizer_dir}; pass --tokenizer.")
     model, state = load_trained_model(run_dir)
     run_config = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.to(dtype).save_pretrained(str(out_dir), safe_serialization=True)
-    # safetensors writes 0600; a committed model must be readable by everyone.
-    for path in out_dir.iterdir():
-        if path.is_file():
-            path.chmod(0o644)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, out_dir / name)
     tc = run_config["train_config"]
     data_meta_path = Path(tc["data_dir"]) / "train.json"
     data_meta = json.loads(data_meta_path.read_text()) if data_meta_path.is_file() else {}
@@ -69,15 +63,43 @@ def export_run(
         "train_tokens_per_epoch": data_meta.get("tokens"),
         "torch": run_config.get("torch"),
     }
-    context_length = int(getattr(model.config, "n_positions", tc["seq_len"]))
-    ModelMetadata(
+    metadata = ModelMetadata(
         fim_format=fim_format,
         fim_order=fim_order,
-        context_length=context_length,
+        context_length=int(getattr(model.config, "n_positions", tc["seq_len"])),
         trained=trained,
-    ).write(out_dir)
+    )
+    export_model(model, out_dir, tokenizer_dir=tokenizer_dir, metadata=metadata, dtype=dtype)
     log.info("exported step %d of %s to %s", state["step"], run_dir, out_dir)
     return trained
+
+
+def export_model(
+    model: PreTrainedModel,
+    out_dir: Path,
+    *,
+    tokenizer_dir: Path,
+    metadata: ModelMetadata,
+    dtype: torch.dtype = torch.float16,
+) -> None:
+    """Write ``model`` (converted to ``dtype`` in place), the tokenizer files of
+    ``tokenizer_dir`` and ``metadata`` into ``out_dir``.
+
+    ``export_run``'s writing half; public so a model that never went through a run (the
+    untrained tiny test model) gets exactly the same kind of directory.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # In place; transformers' own ``to`` is mistyped (its decorator hides ``self``).
+    torch.nn.Module.to(model, dtype)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # safetensors writes 0600; a committed model must be readable by everyone.
+    for path in out_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out_dir / name)
+    metadata.write(out_dir)
 
 
 def directory_size(path: Path) -> int:

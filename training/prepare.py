@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from rubytailor.model.fim import get_format
@@ -27,7 +28,7 @@ def prepare_split(
     # Each split gets its own stream of random choices, so adding data to one split
     # never changes the examples of another.
     seed = config.seed + {"train": 0, "validation": 1, "test": 2}.get(split, 3)
-    split_config = FimConfig(**{**config_dict(config), "seed": seed})
+    split_config = replace(config, seed=seed)
     texts = (row["text"] for row in read_split(corpus_dir, split))
     examples = make_examples(texts, fmt, split_config)
 

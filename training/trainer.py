@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from rubytailor.errors import ConfigError
 from rubytailor.training.fim_dataset import load_tokens
 from rubytailor.training.plot import write_loss_png
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +342,7 @@ def save_checkpoint(
     log.info("checkpoint at step %d written to %s", state.step, run_dir / CHECKPOINT)
 
 
-def load_trained_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_trained_model(run_dir: Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     """The model of a run's last checkpoint (LoRA merged into the weights) and its state."""
     run_config = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))
     config = _config_from_json(run_config["train_config"])
@@ -349,7 +352,8 @@ def load_trained_model(run_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if config.lora_r > 0:
         model = model.merge_and_unload()  # type: ignore[operator]
     model.eval()
-    return model, saved["state"]
+    # A transformers model (build_model's), whatever peft wrapped it in while training.
+    return cast("PreTrainedModel", model), saved["state"]
 
 
 def _pick_device(name: str, local_rank: int) -> torch.device:

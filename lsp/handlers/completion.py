@@ -9,21 +9,21 @@ from rubytailor.lsp.server import RubytailorServer
 from rubytailor.lsp.suggestion import COMPLETION, suggest
 
 
+async def completion(ls: RubytailorServer, params: types.CompletionParams) -> types.CompletionList:
+    position = params.position
+    suggestion = await suggest(
+        ls,
+        params.text_document.uri,
+        position.line,
+        position.character,
+        channel=COMPLETION,
+        method=types.TEXT_DOCUMENT_COMPLETION,
+    )
+    return response.completion_list(suggestion, _label_details_support(ls))
+
+
 def register(server: RubytailorServer) -> None:
-    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
-    async def completion(
-        ls: RubytailorServer, params: types.CompletionParams
-    ) -> types.CompletionList:
-        position = params.position
-        suggestion = await suggest(
-            ls,
-            params.text_document.uri,
-            position.line,
-            position.character,
-            channel=COMPLETION,
-            method=types.TEXT_DOCUMENT_COMPLETION,
-        )
-        return response.completion_list(suggestion, _label_details_support(ls))
+    server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())(completion)
 
 
 def _label_details_support(ls: RubytailorServer) -> bool:

@@ -17,33 +17,34 @@ from rubytailor.lsp.server import RubytailorServer
 from rubytailor.lsp.settings_sync import plain
 from rubytailor.lsp.streaming import PartialStream
 from rubytailor.lsp.suggestion import INLINE, suggest
+from rubytailor.protocol import STREAM_METHOD, StreamResult
 
-STREAM_METHOD = "rubytailor/inlineStream"
+
+async def inline_stream(ls: RubytailorServer, params: Any) -> StreamResult:
+    uri, line, character, stream_id = _parse(plain(params))
+    if stream_id is None:
+        stream_id = ls.protocol.msg_id
+    stream = PartialStream(ls.protocol, stream_id)
+    try:
+        suggestion = await suggest(
+            ls,
+            uri,
+            line,
+            character,
+            channel=INLINE,
+            method=STREAM_METHOD,
+            on_partial=stream.send,
+        )
+        result = response.stream_result(stream_id, suggestion)
+        stream.finish(suggestion.result.final_delta if suggestion else "")
+        return result
+    finally:
+        # Cancelled or failed: the client still gets its done=true.
+        stream.finish()
 
 
 def register(server: RubytailorServer) -> None:
-    @server.feature(STREAM_METHOD)
-    async def inline_stream(ls: RubytailorServer, params: Any) -> dict[str, Any]:
-        uri, line, character, stream_id = _parse(plain(params))
-        if stream_id is None:
-            stream_id = ls.protocol.msg_id
-        stream = PartialStream(ls.protocol, stream_id)
-        try:
-            suggestion = await suggest(
-                ls,
-                uri,
-                line,
-                character,
-                channel=INLINE,
-                method=STREAM_METHOD,
-                on_partial=stream.send,
-            )
-            result = response.stream_result(stream_id, suggestion)
-            stream.finish(suggestion.result.final_delta if suggestion else "")
-            return result
-        finally:
-            # Cancelled or failed: the client still gets its done=true.
-            stream.finish()
+    server.feature(STREAM_METHOD)(inline_stream)
 
 
 def _parse(params: Any) -> tuple[str, int, int, Any]:

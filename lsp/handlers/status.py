@@ -12,29 +12,31 @@ import dataclasses
 from typing import Any
 
 from rubytailor.lsp.server import RubytailorServer
+from rubytailor.protocol import STATUS_METHOD
 
-STATUS_METHOD = "rubytailor/status"
 # Numeric attributes a backend may carry that are worth showing.
 BACKEND_COUNTERS = ("pieces_after_cancel",)
 
 
+async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
+    completer = ls.completer
+    backend = completer.backend
+    counters = {
+        name: getattr(backend, name)
+        for name in BACKEND_COUNTERS
+        if isinstance(getattr(backend, name, None), int)
+    }
+    return {
+        "model_id": completer.model_id,
+        # The backend that runs the model ("auto" in the settings resolves to this).
+        "backend": getattr(backend, "name", None),
+        "model_error": str(completer.model_error) if completer.model_error else None,
+        "prism_error": str(completer.prism_error) if completer.prism_error else None,
+        "position_encoding": ls.position_encoding,
+        "settings": dataclasses.asdict(ls.settings),
+        "backend_counters": counters,
+    }
+
+
 def register(server: RubytailorServer) -> None:
-    @server.feature(STATUS_METHOD)
-    async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
-        completer = ls.completer
-        backend = completer.backend
-        counters = {
-            name: getattr(backend, name)
-            for name in BACKEND_COUNTERS
-            if isinstance(getattr(backend, name, None), int)
-        }
-        return {
-            "model_id": completer.model_id,
-            # The backend that runs the model ("auto" in the settings resolves to this).
-            "backend": getattr(backend, "name", None),
-            "model_error": str(completer.model_error) if completer.model_error else None,
-            "prism_error": str(completer.prism_error) if completer.prism_error else None,
-            "position_encoding": ls.position_encoding,
-            "settings": dataclasses.asdict(ls.settings),
-            "backend_counters": counters,
-        }
+    server.feature(STATUS_METHOD)(status)

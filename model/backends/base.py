@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from rubytailor.model.outcomes import StreamEnd
+
 
 class CancelToken:
     """A flag the caller sets to stop generation; backends check it once per token."""
@@ -35,6 +37,8 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    # Re-create the prompt's last token(s) (see token_loop.py); off only to compare.
+    token_healing: bool = True
 
 
 @dataclass(kw_only=True)
@@ -48,7 +52,7 @@ class GenerationStats:
     # Seconds from the call to the first yielded piece, and to the end.
     first_token_s: float | None = None
     total_s: float = 0.0
-    stopped_by: str = ""  # "eos", "max_tokens", "cancelled", or "caller"
+    stopped_by: StreamEnd = ""
     extra: dict[str, float] = field(default_factory=dict)
 
 

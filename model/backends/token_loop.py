@@ -67,8 +67,6 @@ class TokenLoopBackend:
         self._healing_masks: dict[tuple[str, str], np.ndarray] = {}
         self._clean_texts: bool | None = None
         self._index: tuple[dict[str, list[int]], list[str], list[int]] | None = None
-        # See _heal; off only to compare with plain generation.
-        self.token_healing = True
         self._cached_ids: list[int] = []  # token ids whose keys/values are in the cache
 
     # What a concrete backend implements.
@@ -113,7 +111,7 @@ class TokenLoopBackend:
         started = time.perf_counter()
         ids = self._encode_prompt(prompt, params)
         stats.prompt_tokens = len(ids)
-        ids, target = self._heal(ids)
+        ids, target = self._heal(ids) if params.token_healing else (ids, "")
         healed = target  # what the suggestion must not repeat: it is in the document
         generated = ""  # text generated so far, while it must still re-create the target
         max_new = min(params.max_new_tokens, self.context_length - len(ids))
@@ -188,7 +186,7 @@ class TokenLoopBackend:
         suggestion does not repeat. Returns the ids and the text taken off ("" when
         nothing was).
         """
-        if not self.token_healing or not self._heals_cleanly():
+        if not self._heals_cleanly():
             return ids, ""
         texts = self._token_texts()
         floor = len(self._lead_ids) + 1  # keep at least one real prompt token

@@ -15,9 +15,11 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 from pytest_lsp.client import make_test_lsp_client
 
+from rubytailor.protocol import PARTIAL_METHOD, STREAM_METHOD
+
 SERVER = [sys.executable, "-m", "rubytailor.cli", "serve", "--log-level", "info"]
-STREAM = "rubytailor/inlineStream"
-PARTIAL = "rubytailor/partial"
+STREAM = STREAM_METHOD
+PARTIAL = PARTIAL_METHOD
 
 UTF16_CLIENT = types.ClientCapabilities(
     general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf16]),

@@ -1,0 +1,223 @@
+"""One completion request through every stage, the same for the server, `complete`,
+`doctor` and `eval`:
+
+    prompt (model/prompt) -> backend.stream -> FIM markers cut -> stop rules
+    (model/stop_rules) -> Prism streaming check (model/syntax_check) -> result
+
+``run`` is that function. It owns no state: the model, Prism and the suggestion cache
+belong to ``model/completer.py``, which calls ``run`` on a cache miss. Partial text is
+handed out through ``on_partial`` as soon as Prism has validated it; the deltas passed
+to ``on_partial`` followed by ``result.final_delta`` concatenate to ``result.text``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from rubytailor.model.backends.base import (
+    Backend,
+    CancelToken,
+    GenerationParams,
+    GenerationStats,
+)
+from rubytailor.model.fim import get_format
+from rubytailor.model.outcomes import Source, StopReason, Verdict
+from rubytailor.model.prompt import PromptBudget, build_prompt
+from rubytailor.model.stop_rules import StopConfig, StopRules, is_single_line_position
+from rubytailor.model.syntax_check import StreamingCheck
+from rubytailor.prism import Prism
+
+logger = logging.getLogger(__name__)
+
+# The smallest prompt budget worth sending, whatever the settings and context length say.
+MIN_PROMPT_TOKENS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionRequest:
+    doc_key: str  # the document's URI (or path, from the CLI)
+    version: int | None
+    text: str  # the full document, as it was when the request started
+    offset: int  # cursor, as an index into ``text``
+    max_lines: int = 8
+    max_tokens: int = 64
+    max_prompt_tokens: int = 1024
+    # None: single-line when the rest of the cursor's line has text (the editor's case);
+    # True asks for one line anywhere (eval's line cases).
+    single_line: bool | None = None
+    token_healing: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionResult:
+    text: str  # the suggestion to insert at the cursor ("" for none)
+    # The tail of ``text`` that was not handed to ``on_partial``; sent with done=true.
+    final_delta: str
+    verdict: Verdict
+    source: Source
+    # What the stop rules left before the Prism check (eval's "raw" suggestion).
+    unchecked_text: str = ""
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_ms: float | None = None  # to the first released partial, else to the result
+    total_ms: float = 0.0
+    cancelled: bool = False
+    stop_reason: StopReason = ""
+    model_id: str = "none"
+
+
+def run(
+    backend: Backend,
+    prism: Prism | None,
+    request: CompletionRequest,
+    on_partial: Callable[[str], None],
+    cancel: CancelToken,
+) -> CompletionResult:
+    """The suggestion at ``request.offset``; without Prism it is unchecked."""
+    started = time.perf_counter()
+    prefix, suffix = request.text[: request.offset], request.text[request.offset :]
+    fmt = get_format(backend.fim_format)
+    # The prompt and the generation share the model's context window.
+    budget_tokens = min(request.max_prompt_tokens, backend.context_length - request.max_tokens)
+    prompt = build_prompt(
+        prefix,
+        suffix,
+        fmt,
+        PromptBudget(max_prompt_tokens=max(budget_tokens, MIN_PROMPT_TOKENS)),
+        backend.count_tokens,
+        order="psm" if backend.fim_order == "psm" else "spm",
+    )
+    single_line = request.single_line or is_single_line_position(prefix, suffix)
+    rules = StopRules(
+        prefix, suffix, StopConfig(max_lines=request.max_lines, single_line=single_line)
+    )
+    check = StreamingCheck(prism, prefix, suffix) if prism is not None else None
+    stats = GenerationStats()
+    params = GenerationParams(
+        max_new_tokens=request.max_tokens, token_healing=request.token_healing
+    )
+    markers = _StopStrings(fmt.stop_strings)
+    released = ""
+    ttft_ms: float | None = None
+    stop_reason: StopReason | None = None
+
+    def accept(piece: str) -> bool:
+        """Feed one piece through the stop rules and Prism; True means stop."""
+        nonlocal released, ttft_ms
+        stop = rules.push(piece) if piece else False
+        now = check.release(rules.text) if check else _whole_lines(rules.text)
+        if len(now) > len(released):
+            if now.startswith(released):
+                delta, released = now[len(released) :], now
+                if ttft_ms is None:
+                    ttft_ms = _ms_since(started)
+                on_partial(delta)
+            else:
+                # Stop rules may retract lines (repetition); what was sent stays sent.
+                logger.info("released text shrank; keeping what was sent")
+        return stop
+
+    pieces = backend.stream(prompt.text, params, cancel, stats)
+    try:
+        for raw_piece in pieces:
+            if cancel.cancelled:
+                break
+            piece, hit_marker = markers.feed(raw_piece)
+            if accept(piece) or hit_marker:
+                stop_reason = rules.reason or "stop_string"
+                break
+        else:
+            # The stream ended: text held back as a possible marker was ordinary text.
+            if accept(markers.flush()):
+                stop_reason = rules.reason or ""
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+
+    base = CompletionResult(
+        text=released,
+        final_delta="",
+        verdict=Verdict.CANCELLED,
+        source=Source.MODEL,
+        unchecked_text=rules.text,
+        prompt_tokens=stats.prompt_tokens,
+        reused_tokens=stats.reused_tokens,
+        generated_tokens=stats.generated_tokens,
+        ttft_ms=ttft_ms,
+        cancelled=True,
+        stop_reason="cancelled",
+        model_id=str(getattr(backend, "model_id", backend.name)),
+    )
+    if cancel.cancelled:
+        # What was already sent stays the result text, so partials still add up.
+        return replace(base, total_ms=_ms_since(started))
+    if check is not None:
+        checked = check.finish(rules.text)
+        final_text, verdict = checked.text, checked.verdict
+    else:
+        final_text, verdict = rules.text, Verdict.UNCHECKED
+    if not final_text.startswith(released):
+        # A stop rule cut lines already shown (runaway repetition): partials cannot be
+        # taken back, so the streaming contract wins and the shown text stays.
+        logger.warning("final text does not extend the released text; keeping the released")
+        final_text = released
+    total_ms = _ms_since(started)
+    return replace(
+        base,
+        text=final_text,
+        final_delta=final_text[len(released) :],
+        verdict=verdict,
+        cancelled=False,
+        stop_reason=stop_reason or stats.stopped_by,
+        ttft_ms=ttft_ms if ttft_ms is not None else total_ms,
+        total_ms=total_ms,
+    )
+
+
+class _StopStrings:
+    """Cuts the stream at a FIM marker the model wrote out as plain text.
+
+    Text that could be the start of a marker is held back until the next piece shows
+    whether it is one, so no part of a marker ever reaches the stop rules.
+    """
+
+    def __init__(self, stop_strings: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stop_strings if s)
+        self._pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """The text that is safe to accept now, and whether a marker was found."""
+        text = self._pending + piece
+        cuts = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if cuts:
+            self._pending = ""
+            return text[: min(cuts)], True
+        hold = max((_overlap(text, s) for s in self._stops), default=0)
+        self._pending = text[len(text) - hold :]
+        return text[: len(text) - hold], False
+
+    def flush(self) -> str:
+        pending, self._pending = self._pending, ""
+        return pending
+
+
+def _overlap(text: str, marker: str) -> int:
+    """Length of the longest end of ``text`` that is a proper start of ``marker``."""
+    for k in range(min(len(marker) - 1, len(text)), 0, -1):
+        if text.endswith(marker[:k]):
+            return k
+    return 0
+
+
+def _whole_lines(text: str) -> str:
+    """Without Prism, release only completed lines, as the checked path does."""
+    return text[: text.rfind("\n") + 1]
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

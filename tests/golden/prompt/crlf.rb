@@ -1,0 +1,5 @@
+class Crlf
+  def a
+    1█
+  end
+end

@@ -1,0 +1,3 @@
+█class ApplicationController < ActionController::Base
+  before_action :authenticate_user!
+end
