@@ -110,6 +110,9 @@ def run(
         nonlocal released, ttft_ms
         stop = rules.push(piece) if piece else False
         now = check.release(rules.text) if check else _whole_lines(rules.text)
+        # A line's end (and blank lines after it) goes out with the next line: whether
+        # the suggestion ends there, or with a blank line, is known only later.
+        now = now.rstrip(" \t\r\n")
         if len(now) > len(released):
             if now.startswith(released):
                 delta, released = now[len(released) :], now
@@ -144,7 +147,7 @@ def run(
         final_delta="",
         verdict=Verdict.CANCELLED,
         source=Source.MODEL,
-        unchecked_text=rules.text,
+        unchecked_text=rules.final_text,
         prompt_tokens=stats.prompt_tokens,
         reused_tokens=stats.reused_tokens,
         generated_tokens=stats.generated_tokens,
@@ -157,10 +160,10 @@ def run(
         # What was already sent stays the result text, so partials still add up.
         return replace(base, total_ms=_ms_since(started))
     if check is not None:
-        checked = check.finish(rules.text)
+        checked = check.finish(rules.final_text)
         final_text, verdict = checked.text, checked.verdict
     else:
-        final_text, verdict = rules.text, Verdict.UNCHECKED
+        final_text, verdict = rules.final_text, Verdict.UNCHECKED
     if not final_text.startswith(released):
         # A stop rule cut lines already shown (runaway repetition): partials cannot be
         # taken back, so the streaming contract wins and the shown text stays.

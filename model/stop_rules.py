@@ -12,8 +12,11 @@ shape of Ruby code around the cursor:
   its closer at the opener's indentation is kept as the last line (so ``def foo`` +
   body + ``end`` works), unless the suffix already closes that block;
 - a line identical to the suffix's first non-blank line ("repeats_suffix");
-- runaway repetition: a line repeated three times, or a short pattern repeated many
-  times within a line ("repetition"); the repeats are cut.
+- runaway repetition ("repetition"): a line repeated three times, a block of two or
+  more lines repeating the block just before it, or a short pattern repeated many times
+  within a line (comments included); the repeats are cut. So that nothing already
+  shown has to be taken back, a line that may begin a repeat is held out of ``text``
+  until the next lines settle it; ``final_text`` includes it when the stream ends.
 
 Text is judged one character at a time, so the result does not depend on how the
 stream is split into pieces. Only what the suggestion adds is judged; the prefix is
@@ -59,7 +62,8 @@ _HEREDOC = re.compile(r"<<([~-]?)([\"'`]?)([A-Za-z_]\w*)\2")
 _STATEMENT_START = ("=", "(", "[", ",", ";", "||", "&&", "|", "{", "!")
 _ALWAYS_OPEN = {"def", "class", "module", "case", "begin", "do"}
 _LOOPS = {"while", "until", "for"}
-_RUNAWAY_EXEMPT = set("0123456789,._ \t")
+# Runs of these are numbers, spacing or comment rulers ("# -----", "# =====", "####").
+_RUNAWAY_EXEMPT = set("0123456789,._ \t-=#*~+")
 
 Reason = RuleReason
 
@@ -116,16 +120,34 @@ class StopRules:
         self._pending = ""
         self._runs = [0] * (MAX_PERIOD + 1)
         self._reason: Reason | None = None
+        # Index of the first accepted line that may begin a repeat of the lines before it.
+        self._held_from: int | None = None
         self._start_line()
 
     @property
     def text(self) -> str:
-        """The suggestion so far: accepted lines plus the unfinished one if it would stay."""
+        """What may be shown now: the accepted lines (less any that may begin a repeat)
+        plus the unfinished line if it would stay."""
+        if self._reason is None and self._held_from is not None:
+            shown = self._joined(self._lines[: self._held_from])
+            # The shown lines are complete: more (held) lines follow them.
+            return shown + "\n" if shown else ""
+        return self.final_text
+
+    @property
+    def final_text(self) -> str:
+        """The suggestion if the stream ended now: held lines are kept, since no repeat
+        was completed."""
         lines = [*self._lines, self._pending]
         if self._reason is None:
             verdict = self._judge_pending()
             if verdict.action == "cut_stop":
                 lines = lines[: len(lines) - 1 - verdict.drop_lines]
+        return self._joined(lines)
+
+    @staticmethod
+    def _joined(lines: list[str]) -> str:
+        lines = list(lines)
         # Trailing blank lines would only push the suffix down.
         while lines and not lines[-1].strip():
             lines.pop()
@@ -170,8 +192,6 @@ class StopRules:
             if indent < self._scope and ch not in "e}])":
                 self._stop(_Verdict("cut_stop", "dedent"))
                 return
-        if full.lstrip().startswith("#"):
-            return
         cut = self._update_runs(full)
         if cut is not None:
             self._pending = self._pending[: max(cut - len(self._line_prefix()), 0)]
@@ -212,6 +232,8 @@ class StopRules:
         self._accept(self._pending, index=len(self._lines))
         if verdict.action == "accept_stop":
             self._reason = verdict.reason
+        elif self._cut_repeated_block():
+            self._reason = "repetition"
         elif len(self._lines) >= self._config.max_lines:
             self._reason = "max_lines"
         self._start_line()
@@ -292,6 +314,31 @@ class StopRules:
             enclosing = index == 0 and self._cursor_has_text
             self._blocks.append(_Block(indent, enclosing))
         self._heredocs.extend(_heredoc_openers(full))
+
+    def _cut_repeated_block(self) -> bool:
+        """Drop a block of lines that repeats the block just before it, and update which
+        lines are held as a possible repeat. True when a repeat was cut."""
+        lines = [self._full_line(part, i).rstrip() for i, part in enumerate(self._lines)]
+        n = len(lines)
+        held: list[int] = []
+        same = [i for i in range(n) if lines[i].strip()]
+        if len(same) >= 2 and lines[same[-1]] == lines[same[-2]] and same[-1] == n - 1:
+            held.append(same[-1])  # a line equal to the one before: a third one is runaway
+        for period in range(2, n):
+            run = 0
+            while run < n - period and lines[n - 1 - run] == lines[n - 1 - run - period]:
+                run += 1
+            if run == 0:
+                continue
+            matched = lines[n - run :]
+            if run >= period and sum(1 for line in matched[-period:] if line.strip()) >= 2:
+                del self._lines[n - run :]
+                self._held_from = None
+                return True
+            if any(line.strip() for line in matched):
+                held.append(n - run)
+        self._held_from = min(held) if held else None
+        return False
 
     def _repeats_before(self, line: str) -> int:
         """Lines to drop if ``line`` is the third identical non-blank line in a row, else 0.

@@ -72,7 +72,7 @@ def test_a_multi_line_suggestion_streams_whole_checked_lines(prism: Prism) -> No
     assert result.text == "sum = items.sum\n    sum * 2"
     assert (result.verdict, result.source, result.cancelled) == ("ok", "model", False)
     # Only completed lines go out early; the rest comes with the result.
-    assert deltas == ["sum = items.sum\n"]
+    assert deltas == ["sum = items.sum"]
     assert "".join(deltas) + result.final_delta == result.text
     assert result.prompt_tokens > 0 and result.generated_tokens > 0
     assert result.ttft_ms is not None and result.ttft_ms <= result.total_ms
@@ -147,7 +147,7 @@ def test_cancel_after_the_first_partial_stops_within_one_token(prism: Prism) -> 
     result = completer.complete(request(METHOD_BODY), on_partial, cancel)
     assert result.cancelled and result.verdict == "cancelled"
     assert backend.pieces_after_cancel == 0
-    assert deltas == ["x0 = 0\n"]
+    assert deltas == ["x0 = 0"]
     assert result.text == "".join(deltas) and result.final_delta == ""
 
 
@@ -195,7 +195,7 @@ def test_without_prism_suggestions_are_unchecked_but_still_whole_lines_stream() 
     result, deltas = run(completer, request("█"))
     assert result.verdict == "unchecked"
     assert result.text == "a = (\nb = 2"
-    assert deltas == ["a = (\n"]
+    assert deltas == ["a = ("]
     assert completer.prism_error is not None and "make setup" in str(completer.prism_error)
 
 

@@ -463,3 +463,47 @@ def test_huge_documents_are_cheap() -> None:
     rules = StopRules(prefix, "\n  end\nend\n" * 1000, StopConfig())
     rules.push("y = 2\n    z = 3\n  end\n")
     assert rules.text == "y = 2\n    z = 3"
+
+
+def _texts_while_streaming(prefix: str, suffix: str, stream: str) -> tuple[list[str], StopRules]:
+    rules = StopRules(prefix, suffix, StopConfig(max_lines=20))
+    seen = []
+    for ch in stream:
+        if rules.push(ch):
+            break
+        seen.append(rules.text)
+    return seen, rules
+
+
+BLOCK = "# Reads the file.\n  def read; end\n"
+
+
+def _whole_lines(text: str) -> str:
+    """What the pipeline can release of ``text``: its completed lines, less the last line
+    end and any blank lines after it (model/pipeline.py sends those with the next line)."""
+    return text[: text.rfind("\n") + 1].rstrip(" \t\r\n")
+
+
+def test_a_repeated_block_is_cut_without_taking_back_what_was_shown() -> None:
+    stream = BLOCK + ("\n  " + BLOCK) * 3
+    seen, rules = _texts_while_streaming("module IO\n  ", "\nend\n", stream)
+    assert rules.reason == "repetition"
+    assert rules.final_text == "# Reads the file.\n  def read; end"
+    # Every text shown along the way is a head of the final one: nothing is retracted.
+    assert all(rules.final_text.startswith(_whole_lines(t)) for t in seen)
+
+
+def test_lines_that_only_begin_to_repeat_are_kept_at_the_end() -> None:
+    stream = "a = 1\n  b = 2\n  a = 1\n  c = 3\n"
+    seen, rules = _texts_while_streaming("def f\n  ", "\nend\n", stream)
+    assert rules.reason is None
+    assert rules.final_text == "a = 1\n  b = 2\n  a = 1\n  c = 3"
+    # The second "a = 1" is held back until "c = 3" is complete and shows it is no repeat.
+    while_c_streams = seen[stream.index("c") : len(stream) - 1]
+    assert while_c_streams and all("  a = 1\n" not in _whole_lines(t) for t in while_c_streams)
+
+
+def test_a_runaway_pattern_inside_a_comment_is_cut() -> None:
+    rules = StopRules("", "\n", StopConfig(max_lines=8))
+    rules.push('# sku: "ku", sku: "ku", sku: "ku", sku: "ku", sku: "ku", sku: "ku"\n')
+    assert (rules.reason, rules.final_text) == ("repetition", '# sku: "ku"')
