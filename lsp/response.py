@@ -105,6 +105,8 @@ def stream_result(stream_id: Any, suggestion: Suggestion | None) -> StreamResult
         "ttft_ms": result.ttft_ms,
         "total_ms": result.total_ms,
         "stop_reason": result.stop_reason,
+        "confidence": result.confidence,
+        "memory_share": result.memory_share,
         "model_id": result.model_id,
         "adapter_id": "none",
     }

@@ -19,6 +19,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.uris import to_fs_path
 
 from rubytailor import __version__
 from rubytailor.config import Settings, settings_from_wire
@@ -26,6 +27,7 @@ from rubytailor.lsp.diagnostics import RUBY_SUFFIXES, DiagnosticsPublisher
 from rubytailor.lsp.inflight import InFlight
 from rubytailor.lsp.snapshot import UTF16, Snapshot
 from rubytailor.lsp.worker import Worker
+from rubytailor.lsp.workspace_memory import WorkspaceMemory, tokenizer_encoder
 from rubytailor.model.completer import Completer, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,10 @@ class RubytailorServer(LanguageServer):
         self.settings_ready = asyncio.Event()
         self._shown: set[str] = set()
         self._model_loads = 0
+        self.workspace_memory: WorkspaceMemory | None = None
+        # What the running memory was started for; "unset" until the first settings.
+        self._memory_key: tuple[Any, ...] | str | None = "unset"
+        self.memory_off_reason = "waiting for the client's settings"
 
     # -- documents ---------------------------------------------------------------------
 
@@ -156,6 +162,87 @@ class RubytailorServer(LanguageServer):
             self.load_model()
         if settings.diagnostics != previous.diagnostics:
             self.diagnostics.refresh_all()
+        self.refresh_project_memory()
+
+    # -- project memory ----------------------------------------------------------------
+
+    def workspace_roots(self) -> list[Path]:
+        """The workspace folders as directories (the root URI for older clients)."""
+        try:
+            workspace = self.workspace
+        except RuntimeError:  # before initialize
+            return []
+        uris_ = [folder.uri for folder in workspace.folders.values()]
+        if not uris_ and workspace.root_uri:
+            uris_ = [workspace.root_uri]
+        roots = []
+        for uri in uris_:
+            path = to_fs_path(uri)
+            if path and Path(path).is_dir():
+                roots.append(Path(path))
+        return roots
+
+    def refresh_project_memory(self) -> None:
+        """Start, restart or stop the workspace memory to match settings and folders.
+
+        Runs on the event loop; the scan and indexing happen on their own threads.
+        """
+        settings = self.settings
+        roots = self.workspace_roots()
+        tokenizer = Path(settings.model_path).expanduser() / "tokenizer.json"
+        stamp = _file_stamp(tokenizer)
+        key = (tuple(roots), settings.exclude, stamp) if settings.project_memory else None
+        old, self._memory_key = self._memory_key, key
+        if key == old:
+            return
+        if (
+            self.workspace_memory is not None
+            and isinstance(key, tuple)
+            and isinstance(old, tuple)
+            and key[1:] == old[1:]
+            and roots
+        ):
+            # Only the folders changed: watch the new ones, forget the removed ones.
+            for root in set(key[0]) - set(old[0]):
+                self.workspace_memory.add_root(root)
+            for root in set(old[0]) - set(key[0]):
+                self.workspace_memory.remove_root(root)
+            return
+        if self.workspace_memory is not None:
+            self.workspace_memory.stop()
+            self.workspace_memory = None
+            self.completer.memory = None
+        if not settings.project_memory:
+            self.memory_off_reason = "projectMemory is false"
+        elif not roots:
+            self.memory_off_reason = "no workspace folder"
+        elif (encode := tokenizer_encoder(tokenizer.parent)) is None:
+            self.memory_off_reason = f"the model has no tokenizer.json ({tokenizer.parent})"
+        else:
+            memory = WorkspaceMemory(roots, encode, exclude=settings.exclude)
+            memory.start()
+            self.workspace_memory = memory
+            self.completer.memory = memory.memory
+            self.memory_off_reason = ""
+            logger.info("project memory: indexing %s", ", ".join(str(r) for r in roots))
+            return
+        logger.info("project memory is off: %s", self.memory_off_reason)
+
+    def overlay_document(self, uri: str) -> None:
+        """The open document's current text replaces its file in the project memory."""
+        if self.workspace_memory is None or not self.is_ruby(uri):
+            return
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is not None:
+            self.workspace_memory.overlay(uri, document.source)
+
+    def memory_status(self) -> dict[str, Any]:
+        if self.workspace_memory is None:
+            return {"state": "off", "reason": self.memory_off_reason}
+        status = self.workspace_memory.status()
+        for message in status["messages"]:
+            self.show_once(types.MessageType.Warning, f"rubytailor {message}")
+        return status
 
     def load_model(self) -> asyncio.Future[None]:
         """(Re)load the model on the model thread; report a failure once per message."""
@@ -198,10 +285,21 @@ class RubytailorServer(LanguageServer):
             self.settings_ready.set()
 
     def shutdown(self) -> None:
+        if self.workspace_memory is not None:
+            self.workspace_memory.stop()
         self.inflight.cancel_all()
         self.diagnostics.close()
         self.model_thread.shutdown()
         super().shutdown()
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    """Size and mtime: a replaced tokenizer means a new index."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
 
 def model_spec(settings: Settings) -> ModelSpec:

@@ -79,6 +79,9 @@ async def suggest(
         max_lines=settings.max_lines,
         max_tokens=settings.max_tokens,
         max_prompt_tokens=settings.max_prompt_tokens,
+        project_memory=settings.project_memory,
+        memory_key=ls.workspace_memory.key_for(uri) if ls.workspace_memory else None,
+        min_confidence=settings.min_confidence,
     )
     key = (uri, channel)
     token = ls.inflight.begin(key)
@@ -87,7 +90,7 @@ async def suggest(
     cached = ls.completer.cached(request)
     if cached is not None:
         ls.inflight.end(key, token)
-        _log_result(method, uri, snapshot.version, cached, started)
+        _log_result(method, uri, snapshot.version, cached, started, _memory_state(ls))
         return Suggestion(snapshot=snapshot, offset=offset, result=cached)
     loop = asyncio.get_running_loop()
 
@@ -111,8 +114,16 @@ async def suggest(
         ls.inflight.end(key, token)
     if result.stop_reason == "no_model":
         ls.report_model_state()
-    _log_result(method, uri, snapshot.version, result, started)
+    _log_result(method, uri, snapshot.version, result, started, _memory_state(ls))
     return Suggestion(snapshot=snapshot, offset=offset, result=result)
+
+
+def _memory_state(ls: RubytailorServer) -> str:
+    """The project memory for the log line: off, or its state and size."""
+    if ls.workspace_memory is None:
+        return "off"
+    status = ls.workspace_memory.status()
+    return f"{status['state']}:{status['files']}files/{status['tokens']}tokens"
 
 
 def _unsuitable(ls: RubytailorServer, snapshot: Snapshot) -> str | None:
@@ -150,12 +161,17 @@ def _log_skip(method: str, uri: str, version: int | None, reason: str, started: 
 
 
 def _log_result(
-    method: str, uri: str, version: int | None, result: CompletionResult, started: float
+    method: str,
+    uri: str,
+    version: int | None,
+    result: CompletionResult,
+    started: float,
+    memory_state: str,
 ) -> None:
     request_log.info(
         "%s uri=%s version=%s prompt_tokens=%d reused_tokens=%d generated_tokens=%d "
         "ttft_ms=%.1f gen_ms=%.1f total_ms=%.1f verdict=%s source=%s stop=%s chars=%d "
-        "adapter=none model=%s",
+        "confidence=%s memory_share=%.2f memory=%s adapter=none model=%s",
         method,
         uri,
         version,
@@ -169,5 +185,8 @@ def _log_result(
         result.source,
         result.stop_reason or "-",
         len(result.text),
+        "-" if result.confidence is None else f"{result.confidence:.3f}",
+        result.memory_share,
+        memory_state,
         result.model_id,
     )

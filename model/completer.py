@@ -24,6 +24,7 @@ from rubytailor.model.backends import load_backend
 from rubytailor.model.backends.base import Backend, CancelToken
 from rubytailor.model.outcomes import Source, Verdict
 from rubytailor.model.pipeline import CompletionRequest, CompletionResult
+from rubytailor.model.project_memory import ProjectMemory
 from rubytailor.model.suggestion_cache import SuggestionCache
 from rubytailor.prism import Prism
 
@@ -67,6 +68,9 @@ class Completer:
         self._prism: Prism | None = None
         self._prism_error: PrismError | None = None
         self._prism_tried = False
+        # The workspace index, set by the server (lsp/workspace_memory.py) or eval; the
+        # index is thread-safe, so it may be swapped from another thread between requests.
+        self.memory: ProjectMemory | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -193,7 +197,9 @@ class Completer:
                 total_ms=elapsed,
                 stop_reason="no_model",
             )
-        result = pipeline.run(self._backend, self._prism, request, on_partial, cancel)
+        result = pipeline.run(
+            self._backend, self._prism, request, on_partial, cancel, memory=self.memory
+        )
         # The request's time includes a model load it waited for.
         result = replace(result, total_ms=_ms_since(started))
         if not result.cancelled:

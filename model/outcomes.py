@@ -37,5 +37,5 @@ RuleReason = Literal["newline", "max_lines", "block_end", "dedent", "repeats_suf
 # Why the backend's stream ended (model/backends/base.py GenerationStats.stopped_by).
 StreamEnd = Literal["eos", "max_tokens", "cancelled", "caller", ""]
 # Any reason a result carries: a rule, the stream's end, a FIM marker written as text
-# ("stop_string"), or no model at all.
-StopReason = RuleReason | StreamEnd | Literal["stop_string", "no_model"]
+# ("stop_string"), the confidence gate, or no model at all.
+StopReason = RuleReason | StreamEnd | Literal["stop_string", "no_model", "low_confidence"]

@@ -1,8 +1,13 @@
 """One completion request through every stage, the same for the server, `complete`,
 `doctor` and `eval`:
 
-    prompt (model/prompt) -> backend.stream -> FIM markers cut -> stop rules
-    (model/stop_rules) -> Prism streaming check (model/syntax_check) -> result
+    prompt (model/prompt) -> backend.stream (project memory mixed into each token's
+    choice, model/project_memory) -> FIM markers cut -> stop rules (model/stop_rules)
+    -> Prism streaming check (model/syntax_check) -> confidence gate -> result
+
+The confidence of a suggestion is the probability of its least likely token (in the
+distribution it was chosen from, memory mixed in). A line is released, and a suggestion
+shown, only while that reaches ``min_confidence``: what falls short ends the suggestion.
 
 ``run`` is that function. It owns no state: the model, Prism and the suggestion cache
 belong to ``model/completer.py``, which calls ``run`` on a cache miss. Partial text is
@@ -25,6 +30,7 @@ from rubytailor.model.backends.base import (
 )
 from rubytailor.model.fim import get_format
 from rubytailor.model.outcomes import Source, StopReason, Verdict
+from rubytailor.model.project_memory import MemoryRequest, ProjectMemory
 from rubytailor.model.prompt import PromptBudget, build_prompt
 from rubytailor.model.stop_rules import StopConfig, StopRules, is_single_line_position
 from rubytailor.model.syntax_check import StreamingCheck
@@ -49,6 +55,9 @@ class CompletionRequest:
     # True asks for one line anywhere (eval's line cases).
     single_line: bool | None = None
     token_healing: bool = True
+    project_memory: bool = True  # used when the caller has a ProjectMemory
+    memory_key: str | None = None  # the document's key in the workspace index (its path)
+    min_confidence: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +76,10 @@ class CompletionResult:
     total_ms: float = 0.0
     cancelled: bool = False
     stop_reason: StopReason = ""
+    # The least likely token's probability (None: nothing generated), and the mean share
+    # of each token's distribution that came from project memory.
+    confidence: float | None = None
+    memory_share: float = 0.0
     model_id: str = "none"
 
 
@@ -76,6 +89,7 @@ def run(
     request: CompletionRequest,
     on_partial: Callable[[str], None],
     cancel: CancelToken,
+    memory: ProjectMemory | None = None,
 ) -> CompletionResult:
     """The suggestion at ``request.offset``; without Prism it is unchecked."""
     started = time.perf_counter()
@@ -97,22 +111,34 @@ def run(
     )
     check = StreamingCheck(prism, prefix, suffix) if prism is not None else None
     stats = GenerationStats()
+    use_memory = memory is not None and request.project_memory
     params = GenerationParams(
-        max_new_tokens=request.max_tokens, token_healing=request.token_healing
+        max_new_tokens=request.max_tokens,
+        token_healing=request.token_healing,
+        memory=MemoryRequest(memory, prefix, suffix, request.memory_key)
+        if memory is not None and use_memory
+        else None,
     )
     markers = _StopStrings(fmt.stop_strings)
     released = ""
     ttft_ms: float | None = None
     stop_reason: StopReason | None = None
+    gated = False
+
+    def confident() -> bool:
+        return not stats.token_probs or min(stats.token_probs) >= request.min_confidence
 
     def accept(piece: str) -> bool:
         """Feed one piece through the stop rules and Prism; True means stop."""
-        nonlocal released, ttft_ms
+        nonlocal released, ttft_ms, gated
         stop = rules.push(piece) if piece else False
         now = check.release(rules.text) if check else _whole_lines(rules.text)
         # A line's end (and blank lines after it) goes out with the next line: whether
         # the suggestion ends there, or with a blank line, is known only later.
         now = now.rstrip(" \t\r\n")
+        if len(now) > len(released) and not confident():
+            gated = True
+            return True
         if len(now) > len(released):
             if now.startswith(released):
                 delta, released = now[len(released) :], now
@@ -131,12 +157,12 @@ def run(
                 break
             piece, hit_marker = markers.feed(raw_piece)
             if accept(piece) or hit_marker:
-                stop_reason = rules.reason or "stop_string"
+                stop_reason = "low_confidence" if gated else rules.reason or "stop_string"
                 break
         else:
             # The stream ended: text held back as a possible marker was ordinary text.
             if accept(markers.flush()):
-                stop_reason = rules.reason or ""
+                stop_reason = "low_confidence" if gated else rules.reason or ""
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:
@@ -154,12 +180,17 @@ def run(
         ttft_ms=ttft_ms,
         cancelled=True,
         stop_reason="cancelled",
+        confidence=min(stats.token_probs) if stats.token_probs else None,
+        memory_share=_mean(stats.memory_shares),
         model_id=str(getattr(backend, "model_id", backend.name)),
     )
     if cancel.cancelled:
         # What was already sent stays the result text, so partials still add up.
         return replace(base, total_ms=_ms_since(started))
-    if check is not None:
+    if gated or not confident():
+        # What the gate let through was released already; nothing more is shown.
+        final_text, verdict, stop_reason = released, Verdict.LOW_CONFIDENCE, "low_confidence"
+    elif check is not None:
         checked = check.finish(rules.final_text)
         final_text, verdict = checked.text, checked.verdict
     else:
@@ -220,6 +251,10 @@ def _overlap(text: str, marker: str) -> int:
 def _whole_lines(text: str) -> str:
     """Without Prism, release only completed lines, as the checked path does."""
     return text[: text.rfind("\n") + 1]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _ms_since(started: float) -> float:

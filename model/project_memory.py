@@ -475,3 +475,19 @@ class ProjectMemory:
         if found[0]:
             matches.append(_as_match(found, "workspace"))
         return matches
+
+
+@dataclass(frozen=True)
+class MemoryRequest:
+    """What one completion asks of the project memory (built by the pipeline, used by
+    the token loop, which knows the tokenizer): the memory, the open document's text
+    around the cursor, and the document's key in the workspace index (left out there,
+    since the document is its own source)."""
+
+    memory: ProjectMemory
+    before: str
+    after: str
+    exclude_key: str | None = None
+
+    def document(self, encode: Callable[[str], list[int]]) -> DocumentSource:
+        return DocumentSource(encode(self.before), encode(self.after))

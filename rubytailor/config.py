@@ -56,6 +56,14 @@ class Settings:
     # extra threads spin-wait against whatever else the laptop runs (measured: p50 40 ms
     # with 1 thread vs 2.4 s with 2 while another process kept both cores busy).
     threads: int | None = field(default=1, metadata={"min": 1, "max": 256})
+    # The workspace's own code as the model's memory (model/project_memory.py).
+    project_memory: bool = True
+    # Gitignore-style patterns (relative to a workspace folder) kept out of that memory,
+    # on top of .gitignore, secrets, vendor/ and generated files.
+    exclude: tuple[str, ...] = ()
+    # A suggestion (and, while streaming, each line) is shown only when its least likely
+    # token is at least this probable; 0 shows everything. See README "Confidence".
+    min_confidence: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
     @property
     def model_key(self) -> tuple[str, str, int | None]:
@@ -161,9 +169,16 @@ def _convert(
             return None, f"{raw} is out of range ({low}-{high})"
         return raw, None
     if hint is float:
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            return float(raw), None
-        return None, f"expected a number, got {_describe(raw)}"
+        if not isinstance(raw, int | float) or isinstance(raw, bool):
+            return None, f"expected a number, got {_describe(raw)}"
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if (low is not None and raw < low) or (high is not None and raw > high):
+            return None, f"{raw} is out of range ({low}-{high})"
+        return float(raw), None
+    if origin is tuple:
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw), None
+        return None, f"expected an array of strings, got {_describe(raw)}"
     if hint is str:
         if isinstance(raw, str):
             return raw, None

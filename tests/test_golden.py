@@ -95,9 +95,7 @@ def _run_rules(prefix: str, suffix: str, pieces: list[str]) -> tuple[str, str | 
     return rules.text, rules.reason
 
 
-@pytest.mark.parametrize(
-    "fixture", sorted(GOLDEN.glob("stop_rules/*.txt")), ids=lambda p: p.stem
-)
+@pytest.mark.parametrize("fixture", sorted(GOLDEN.glob("stop_rules/*.txt")), ids=lambda p: p.stem)
 def test_stop_rules(fixture: Path) -> None:
     prefix, suffix, model = _stop_rules_case(fixture)
     text, reason = _run_rules(prefix, suffix, [model])

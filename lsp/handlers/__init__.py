@@ -16,7 +16,16 @@ def register_all(server: RubytailorServer) -> None:
         inline_stream,
         lifecycle,
         status,
+        workspace,
     )
 
-    for module in (lifecycle, documents, inline_completion, completion, inline_stream, status):
+    for module in (
+        lifecycle,
+        documents,
+        workspace,
+        inline_completion,
+        completion,
+        inline_stream,
+        status,
+    ):
         module.register(server)

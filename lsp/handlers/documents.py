@@ -1,4 +1,5 @@
-"""didOpen, didChange, didClose: pygls keeps the text; these keep diagnostics current."""
+"""didOpen, didChange, didClose: pygls keeps the text; these keep diagnostics and the
+project memory current (an open document's unsaved text replaces its file there)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ from rubytailor.lsp.server import RubytailorServer
 
 def did_open(ls: RubytailorServer, params: types.DidOpenTextDocumentParams) -> None:
     ls.diagnostics.schedule(params.text_document.uri)
+    ls.overlay_document(params.text_document.uri)
 
 
 def did_change(ls: RubytailorServer, params: types.DidChangeTextDocumentParams) -> None:
     ls.diagnostics.schedule(params.text_document.uri)
+    ls.overlay_document(params.text_document.uri)
 
 
 def did_close(ls: RubytailorServer, params: types.DidCloseTextDocumentParams) -> None:
     uri = params.text_document.uri
     ls.diagnostics.clear(uri)
     ls.completer.forget(uri)
+    if ls.workspace_memory is not None:
+        ls.workspace_memory.overlay(uri, None)
 
 
 def register(server: RubytailorServer) -> None:

@@ -35,6 +35,8 @@ async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
         "position_encoding": ls.position_encoding,
         "settings": dataclasses.asdict(ls.settings),
         "backend_counters": counters,
+        # off (with a reason), scanning, building or ready; files and tokens indexed.
+        "project_memory": ls.memory_status(),
     }
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rubytailor.model.outcomes import StreamEnd
+
+if TYPE_CHECKING:
+    from rubytailor.model.project_memory import MemoryRequest
 
 
 class CancelToken:
@@ -39,6 +42,8 @@ class GenerationParams:
     seed: int = 0
     # Re-create the prompt's last token(s) (see token_loop.py); off only to compare.
     token_healing: bool = True
+    # The project as the model's memory, mixed into each next-token choice; None: off.
+    memory: MemoryRequest | None = None
 
 
 @dataclass(kw_only=True)
@@ -53,6 +58,10 @@ class GenerationStats:
     first_token_s: float | None = None
     total_s: float = 0.0
     stopped_by: StreamEnd = ""
+    # Probability of each chosen token (end of sequence included) in the distribution it
+    # was chosen from, and the share of that distribution that came from project memory.
+    token_probs: list[float] = field(default_factory=list)
+    memory_shares: list[float] = field(default_factory=list)
     extra: dict[str, float] = field(default_factory=dict)
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
 from rubytailor.model.fim import FimFormat
+from rubytailor.model.project_memory import DocumentSource, mix
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ REPLACEMENT_CHAR = "\ufffd"
 # and this many (target, generated) masks are kept (each is one bool per token).
 MAX_HEALED_TOKENS = 8
 HEALING_MASKS_KEPT = 256
+# Encoded document texts kept for the project memory's document source: the text above
+# the cursor line and below the cursor change rarely while the user types.
+ENCODINGS_KEPT = 8
 
 
 class TokenLoopBackend:
@@ -68,6 +73,7 @@ class TokenLoopBackend:
         self._clean_texts: bool | None = None
         self._index: tuple[dict[str, list[int]], list[str], list[int]] | None = None
         self._cached_ids: list[int] = []  # token ids whose keys/values are in the cache
+        self._encodings: OrderedDict[str, list[int]] = OrderedDict()
 
     # What a concrete backend implements.
 
@@ -118,6 +124,8 @@ class TokenLoopBackend:
         stats.reused_tokens = self._reuse_cache(ids)
         pending = ids[stats.reused_tokens :]
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
+        memory = params.memory
+        document = self._document_source(memory.before, memory.after) if memory else None
         decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
         stats.stopped_by = "caller"  # unless the loop ends some other way
         try:
@@ -131,17 +139,28 @@ class TokenLoopBackend:
                 step_started = time.perf_counter()
                 logits = self._forward(pending)
                 self._cached_ids.extend(pending)
+                probs = softmax(logits)
+                share = 0.0
+                if memory is not None:
+                    # The project memory predicts from the same context: prompt + output.
+                    matches = memory.memory.lookup(self._cached_ids, memory.exclude_key, document)
+                    if matches:
+                        probs, share = mix(probs, matches)
                 if len(generated) < len(target):
                     # Until the text taken off the prompt is re-created, only tokens
                     # consistent with it may be chosen.
                     allowed = self._healing_mask(target, generated)
-                    if allowed.any():
-                        logits = np.where(allowed, logits, -np.inf)
+                    if allowed.any() and probs[allowed].sum() > 0:
+                        probs = np.where(allowed, probs, 0.0)
+                        probs /= probs.sum()
                     else:
                         # No token fits: let the model go on freely. What it writes is
                         # still cut where it repeats the rest of the healed text.
                         target = ""
-                token = choose(logits, params, rng)
+                with np.errstate(divide="ignore"):
+                    token = choose(np.log(probs), params, rng)
+                stats.token_probs.append(float(probs[token]))
+                stats.memory_shares.append(share)
                 if len(generated) < len(target):
                     generated += self._token_texts()[token]
                 if "prefill_s" not in stats.extra:
@@ -174,6 +193,27 @@ class TokenLoopBackend:
             raise
         finally:
             stats.total_s = time.perf_counter() - started
+
+    def _document_source(self, before: str, after: str) -> DocumentSource:
+        """The open document's token ids around the cursor, for the project memory.
+
+        The text above the cursor line is encoded apart from the cursor line, so while
+        the user types on one line only that line is encoded again.
+        """
+        cut = before.rfind("\n") + 1
+        return DocumentSource(
+            self._encode_kept(before[:cut]) + self._encode(before[cut:]), self._encode_kept(after)
+        )
+
+    def _encode_kept(self, text: str) -> list[int]:
+        ids = self._encodings.get(text)
+        if ids is None:
+            ids = self._encodings[text] = self._encode(text)
+            if len(self._encodings) > ENCODINGS_KEPT:
+                self._encodings.popitem(last=False)
+        else:
+            self._encodings.move_to_end(text)
+        return ids
 
     def _heal(self, ids: list[int]) -> tuple[list[int], str]:
         """Token healing: take the prompt's last token(s) off and let the model re-create them.
@@ -335,6 +375,15 @@ class IncrementalDecoder:
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._ids)
         return new_text[len(prefix_text) :]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities (float64, summing to 1) of a logits vector."""
+    scaled = logits.astype(np.float64)
+    scaled -= scaled.max()
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    return probs
 
 
 def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generator | None) -> int:

@@ -1,0 +1,21 @@
+"""workspace/didChangeWorkspaceFolders: the project memory follows the folders.
+
+pygls updates its workspace first; this handler then lets the server add or drop the
+folders in the project memory.
+"""
+
+from __future__ import annotations
+
+from lsprotocol import types
+
+from rubytailor.lsp.server import RubytailorServer
+
+
+def did_change_workspace_folders(
+    ls: RubytailorServer, params: types.DidChangeWorkspaceFoldersParams
+) -> None:
+    ls.refresh_project_memory()
+
+
+def register(server: RubytailorServer) -> None:
+    server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)(did_change_workspace_folders)
