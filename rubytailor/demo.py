@@ -31,7 +31,7 @@ def resolve_model(model: Path | None) -> tuple[Path, str]:
     if (default / "config.json").exists():
         return default, f"model: bundled default ({default})"
     # No bundled model in this checkout: build the tiny one (seconds) so the path still runs.
-    from rubytailor.model.tiny import build_tiny_model
+    from rubytailor.training.tiny import build_tiny_model
 
     tiny = paths.cache_dir() / "tiny-demo-model"
     if not (tiny / "config.json").exists():

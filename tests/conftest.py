@@ -14,6 +14,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Loads with ``TransformersBackend.load``; about 0.3 s to build. Treat it as read-only:
     tests that damage a model directory build their own with ``build_tiny_model``.
     """
-    from rubytailor.model.tiny import build_tiny_model
+    from rubytailor.training.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))

@@ -17,7 +17,7 @@ from rubytailor.model.backends.base import CancelToken, GenerationParams, Genera
 from rubytailor.model.backends.token_loop import TokenLoopBackend
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import assemble
-from rubytailor.model.tiny import build_tiny_model
+from rubytailor.training.tiny import build_tiny_model
 
 ctransformers = pytest.importorskip("ctransformers")
 pytestmark = pytest.mark.slow

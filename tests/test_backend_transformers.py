@@ -24,7 +24,7 @@ from rubytailor.model.backends.token_loop import IncrementalDecoder
 from rubytailor.model.backends.transformers_backend import TransformersBackend
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import assemble
-from rubytailor.model.tiny import build_tiny_model
+from rubytailor.training.tiny import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,8 @@ def test_a_tokenizer_that_adds_bos_gets_it_before_the_prompt(model_copy: Path) -
         )
     new = [t for t in out[0, ids.shape[1] :].tolist() if t not in loaded._stop_ids]
     assert stats.generated_tokens == len(new)
-    assert text == loaded.tokenizer.decode(new)
+    # An incomplete UTF-8 character at the end is held back by the streaming decoder.
+    assert text == loaded.tokenizer.decode(new).rstrip("\ufffd")
 
 
 def test_cache_reuse_never_changes_results(tiny_model_dir: Path) -> None:
@@ -175,9 +176,11 @@ def test_reused_tokens_counts_the_shared_prompt_prefix(backend: TransformersBack
 
 def test_accepting_a_suggestion_reuses_its_generated_tokens(backend: TransformersBackend) -> None:
     backend.reset_cache()
-    # Healing re-tokenizes the prompt's trailing whitespace together with the first
-    # generated token, so this exact-token check runs without it.
-    prompt = spm("config.each do |key, value|\n  ")
+    # Healing re-tokenizes the prompt's last token together with the first generated
+    # one, so this exact-token check runs without it. Mid-word, so the (untrained)
+    # model's suggestion is not whitespace, which would re-tokenize together with the
+    # indentation before it and not match the model's own tokens.
+    prompt = spm("config.each do |key, value|\n  puts key")
     params = GenerationParams(max_new_tokens=8, token_healing=False)
     suggestion, first = generate(backend, prompt, params)
     assert suggestion

@@ -12,7 +12,7 @@ from rubytailor.model.backends.base import CancelToken, GenerationParams, Genera
 from rubytailor.model.backends.token_loop import TokenLoopBackend, heals
 from rubytailor.model.fim import get_format
 from rubytailor.model.prompt import assemble
-from rubytailor.model.tiny import build_tiny_model
+from rubytailor.training.tiny import build_tiny_model
 
 FIM = get_format("starcoder")
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from rubytailor.model.backends.transformers_backend import TransformersBackend
 from rubytailor.model.fim import get_format
-from rubytailor.training.eval_cases import line_cases, multiline_cases
+from rubytailor.training.eval_cases import Case, line_cases, multiline_cases
 from rubytailor.training.evaluate import EvalConfig, complete, evaluate
 from rubytailor.training.export import export_run
 from rubytailor.training.fim_dataset import FimConfig, make_examples, write_token_file
@@ -84,9 +84,12 @@ def test_exported_model_serves_ruby_suggestions(exported: Path) -> None:
     backend = TransformersBackend.load(exported, threads=1)
     prefix = FILES[7][: FILES[7].index("#{@") + 3]  # ... "Thing7(#{@
     suffix = FILES[7][FILES[7].index("})") :]
-    text, stats = complete(backend, prefix, suffix, single_line=True, max_new_tokens=8)
-    assert stats.generated_tokens > 0
-    assert text.startswith("name")  # 200 steps on 30 near-identical classes learn this
+    case = Case(kind="line", source="t.rb", line=0, prefix=prefix, suffix=suffix, answer="")
+    result = complete(backend, None, case, EvalConfig(max_tokens=8))
+    assert result.generated_tokens > 0
+    assert result.unchecked_text.startswith(
+        "name"
+    )  # 200 steps on 30 near-identical classes learn this
 
 
 def test_eval_report_beats_the_random_init_floor(exported: Path) -> None:
@@ -94,12 +97,15 @@ def test_eval_report_beats_the_random_init_floor(exported: Path) -> None:
 
     backend = TransformersBackend.load(exported, threads=1)
     files = [(f"t{i}.rb", t) for i, t in enumerate(FILES[:5])]
-    config = EvalConfig(line_cases=6, multiline_cases=2, latency_cases=2, bpb_max_bytes=2000)
+    config = EvalConfig(
+        line_cases=6, multiline_cases=2, latency_cases=2, bpb_max_bytes=2000, max_tokens=8
+    )
     cases = line_cases(files, 6, 0) + multiline_cases(files, 2, 0)
     report = evaluate(
         backend,
         cases,
         config,
+        prism=None,
         check=None,
         texts=[t for _, t in files],
         baseline_backend=random_init_like(backend),

@@ -20,6 +20,7 @@ from rubytailor.errors import PrismError, RubytailorError
 if TYPE_CHECKING:
     from rubytailor.model.backends.base import Backend
     from rubytailor.model.backends.transformers_backend import TransformersBackend
+    from rubytailor.model.project_memory import ProjectMemory
     from rubytailor.prism import Prism
     from rubytailor.training.evaluate import Checker
 
@@ -44,6 +45,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", type=Path, help="corpus directory (with --split)")
     p.add_argument("--split", default="test")
     p.add_argument("--dir", type=Path, help="or: a directory of held-out Ruby files")
+    p.add_argument(
+        "--project",
+        type=Path,
+        help="or: a project (e.g. a Rails app) as a user opens it: its files (the watcher's "
+        "filters) are the cases, and each is also completed with the project memory of "
+        "the rest of the project",
+    )
     p.add_argument("--out", type=Path, help="JSON report (default: stdout is not used; log)")
     p.add_argument("--line-cases", type=int, default=d.line_cases)
     p.add_argument("--multiline-cases", type=int, default=d.multiline_cases)
@@ -73,6 +81,11 @@ def load_files(args: argparse.Namespace) -> list[tuple[str, str]]:
 
         rows = read_split(args.corpus, args.split)
         return [(f"{r['source']}:{r['path']}", r["text"]) for r in rows]
+    if getattr(args, "project", None) is not None:
+        from rubytailor.personalization.file_filters import iter_project_files
+
+        # Named by absolute path: the key of each file in the project memory.
+        return [(str(path), text) for path, text in iter_project_files(args.project.resolve())]
     if args.dir is not None:
         from rubytailor.training.corpus import iter_ruby_files
 
@@ -80,7 +93,7 @@ def load_files(args: argparse.Namespace) -> list[tuple[str, str]]:
             (p.relative_to(args.dir).as_posix(), p.read_text(encoding="utf-8", errors="replace"))
             for p in iter_ruby_files(args.dir)
         ]
-    raise RubytailorError("give --corpus (and --split) or --dir with the held-out code.")
+    raise RubytailorError("give --corpus (and --split), --dir or --project with held-out code.")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -124,6 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
         texts=[text for _, text in files],
         baseline_backend=baseline,
         latency_backends=_other_backends(args),
+        memory=_project_memory(args, files),
     )
     report["model"] = str(args.model)
     report["token_healing"] = config.token_healing
@@ -184,6 +198,23 @@ def _other_backends(args: argparse.Namespace) -> dict[str, Backend]:
         log.warning("no ctransformers latency: %s", exc)
         return {}
     return {"ctransformers": backend}
+
+
+def _project_memory(args: argparse.Namespace, files: list[tuple[str, str]]) -> ProjectMemory | None:
+    """The project's files in a workspace index, tokenized as the server does."""
+    if getattr(args, "project", None) is None:
+        return None
+    from rubytailor.lsp.workspace_memory import tokenizer_encoder
+    from rubytailor.model.project_memory import ProjectMemory, WorkspaceIndex
+
+    encode = tokenizer_encoder(args.model)
+    if encode is None:
+        raise RubytailorError(f"{args.model} has no usable tokenizer.json for project memory")
+    index = WorkspaceIndex(encode)
+    index.update_many({name: encode(text) for name, text in files})
+    stats = index.stats()
+    log.info("project memory: %d files, %d tokens", stats.files, stats.tokens)
+    return ProjectMemory(index)
 
 
 def _load_prism() -> Prism | None:

@@ -5,10 +5,13 @@ with the served defaults of ``rubytailor/config.py`` (max lines, max tokens, pro
 budget); line cases ask for a single line. The *raw* suggestion is what the stop rules
 leave (``unchecked_text``); the *served* one is what the Prism check keeps of it.
 
-Reported per case kind and per system (model, copy-line baseline, random-init model of
-the same shape): exact match and edit similarity (``training/metrics.py``) of raw and
-served suggestions, the share of empty suggestions, and the Prism-valid rate of
-non-empty raw suggestions (they add no syntax error). Also bits per byte on the test
+Reported per case kind and per system (model; model with project memory when a project
+is given, each case completed with the memory of the project minus its own file;
+copy-line baseline; random-init model of the same shape): exact match and edit
+similarity (``training/metrics.py``) of raw and served suggestions, the share of empty
+suggestions, the Prism-valid rate of non-empty raw suggestions (they add no syntax
+error), and for the models the confidence gate: at each ``minConfidence`` threshold,
+the share of cases shown and the exact match among them. Also bits per byte on the test
 files and latency with a warm prompt cache.
 """
 
@@ -27,6 +30,7 @@ from rubytailor.model import pipeline
 from rubytailor.model.backends.base import Backend, CancelToken
 from rubytailor.model.outcomes import Verdict
 from rubytailor.model.pipeline import CompletionRequest, CompletionResult
+from rubytailor.model.project_memory import ProjectMemory
 from rubytailor.prism import Prism
 from rubytailor.training.baselines import copy_line
 from rubytailor.training.eval_cases import Case
@@ -43,10 +47,15 @@ class EvalConfig:
     bpb_max_bytes: int = 200_000
     latency_cases: int = 20
     token_healing: bool = True
+    # The served default; smaller only for models with a tiny context (tests).
+    max_tokens: int = Settings().max_tokens
+    # minConfidence values the gate is reported at.
+    gate_thresholds: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 def request_for(case: Case, config: EvalConfig, *, prefix: str | None = None) -> CompletionRequest:
-    """The request an editor would send at the case's cursor, with the served defaults."""
+    """The request an editor would send at the case's cursor, with the served defaults
+    (the gate off: eval reports it at every threshold instead)."""
     served = Settings()
     before = case.prefix if prefix is None else prefix
     return CompletionRequest(
@@ -55,10 +64,12 @@ def request_for(case: Case, config: EvalConfig, *, prefix: str | None = None) ->
         text=before + case.suffix,
         offset=len(before),
         max_lines=served.max_lines,
-        max_tokens=served.max_tokens,
+        max_tokens=config.max_tokens,
         max_prompt_tokens=served.max_prompt_tokens,
         single_line=True if case.kind == "line" else None,
         token_healing=config.token_healing,
+        memory_key=case.source,  # a project's cases are named by their index key
+        min_confidence=0.0,
     )
 
 
@@ -69,10 +80,11 @@ def complete(
     config: EvalConfig,
     *,
     prefix: str | None = None,
+    memory: ProjectMemory | None = None,
 ) -> CompletionResult:
     """One case through the served pipeline."""
     request = request_for(case, config, prefix=prefix)
-    return pipeline.run(backend, prism, request, lambda _delta: None, CancelToken())
+    return pipeline.run(backend, prism, request, lambda _delta: None, CancelToken(), memory)
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class Answer:
     raw: str  # before the Prism check
     served: str  # what a user would see
     valid: bool | None  # raw adds no syntax error; None when empty or unchecked
+    confidence: float | None = None  # None: not a model (or nothing generated)
 
 
 Checker = Callable[[str, str, str], tuple[bool, str]]  # (prefix, raw, suffix) -> (valid, served)
@@ -100,7 +113,28 @@ def answer_of(result: CompletionResult) -> Answer:
     valid = None
     if raw and result.verdict != Verdict.UNCHECKED:
         valid = result.verdict == Verdict.OK
-    return Answer(raw, result.text, valid)
+    return Answer(raw, result.text, valid, result.confidence)
+
+
+def gate(
+    cases: list[Case], answers: list[Answer], thresholds: Iterable[float]
+) -> list[dict[str, float]]:
+    """Shown rate and precision (exact match among shown) at each minConfidence."""
+    rows = []
+    for threshold in thresholds:
+        shown = [
+            exact_match(a.served, c.answer)
+            for c, a in zip(cases, answers, strict=True)
+            if a.served.strip() and (a.confidence or 0.0) >= threshold
+        ]
+        rows.append(
+            {
+                "min_confidence": threshold,
+                "shown_rate": len(shown) / max(len(cases), 1),
+                "precision": sum(shown) / len(shown) if shown else 0.0,
+            }
+        )
+    return rows
 
 
 def score(cases: list[Case], answers: list[Answer]) -> dict[str, Any]:
@@ -127,14 +161,18 @@ def score(cases: list[Case], answers: list[Answer]) -> dict[str, Any]:
 
 
 def run_model(
-    backend: Backend, prism: Prism | None, cases: list[Case], config: EvalConfig
+    backend: Backend,
+    prism: Prism | None,
+    cases: list[Case],
+    config: EvalConfig,
+    memory: ProjectMemory | None = None,
 ) -> tuple[list[Answer], list[float]]:
     """Answers of ``backend`` for ``cases``, and each case's wall time in ms."""
     out: list[Answer] = []
     times: list[float] = []
     for case in cases:
         started = time.perf_counter()
-        result = complete(backend, prism, case, config)
+        result = complete(backend, prism, case, config, memory=memory)
         times.append((time.perf_counter() - started) * 1000)
         out.append(answer_of(result))
     return out, times
@@ -207,6 +245,7 @@ def evaluate(
     texts: list[str],
     baseline_backend: Any | None = None,
     latency_backends: dict[str, Any] | None = None,
+    memory: ProjectMemory | None = None,
 ) -> dict[str, Any]:
     """The JSON report: metrics per case kind and system, bits per byte, latency.
 
@@ -218,6 +257,8 @@ def evaluate(
     systems: dict[str, list[Answer]] = {}
     answers, times = run_model(backend, prism, cases, config)
     systems["model"] = answers
+    if memory is not None:
+        systems["model_with_memory"], _ = run_model(backend, prism, cases, config, memory)
     systems["copy_line_baseline"] = [checked(c, copy_line(c), check) for c in cases]
     if baseline_backend is not None:
         systems["random_init"], _ = run_model(baseline_backend, prism, cases, config)
@@ -229,6 +270,10 @@ def evaluate(
         report["results"][kind] = {
             name: score(subset, [preds[i] for i in idx]) for name, preds in systems.items()
         }
+        for name in ("model", "model_with_memory"):
+            if name in systems:
+                picked = [systems[name][i] for i in idx]
+                report["results"][kind][name]["gate"] = gate(subset, picked, config.gate_thresholds)
         report["results"][kind]["model"]["median_ms"] = statistics.median(times[i] for i in idx)
     context = int(backend.context_length)
     report["bits_per_byte"] = {
@@ -255,6 +300,11 @@ def evaluate(
             "typed": c.prefix[c.prefix.rfind("\n") + 1 :],
             "answer": c.answer,
             "model": systems["model"][i].raw,
+            **(
+                {"model_with_memory": systems["model_with_memory"][i].raw}
+                if "model_with_memory" in systems
+                else {}
+            ),
             "copy_line": systems["copy_line_baseline"][i].raw,
         }
         for i, c in enumerate(cases[:12])

@@ -2,7 +2,7 @@
 
 Also home of ``rubytailor.json``, the small metadata file every model directory may
 carry (FIM format, prompt order, context length, how it was trained): the backends
-read it and the model builders (``model.tiny``, the trainer's export) write it.
+read it and the model builders (``training.tiny``, the trainer's export) write it.
 """
 
 from __future__ import annotations
