@@ -41,7 +41,7 @@ MIN_RUN_1 = 8
 MIN_PERIODS = 3.5
 # ...and covering at least this many characters.
 MIN_RUN_CHARS = 8
-MAX_PERIOD = 16
+MAX_PERIOD = 32  # "with: 'X', with: 'X', ..." runs over 19 characters
 # Characters of the cursor line before the cursor that seed the repeat counters.
 RUN_CONTEXT_CHARS = 128
 # Identical consecutive non-blank lines that count as runaway.

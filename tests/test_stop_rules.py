@@ -507,3 +507,12 @@ def test_a_runaway_pattern_inside_a_comment_is_cut() -> None:
     rules = StopRules("", "\n", StopConfig(max_lines=8))
     rules.push('# sku: "ku", sku: "ku", sku: "ku", sku: "ku", sku: "ku", sku: "ku"\n')
     assert (rules.reason, rules.final_text) == ("repetition", '# sku: "ku"')
+
+
+def test_a_long_pattern_repeated_within_a_line_is_cut() -> None:
+    """Seen on a Rails app: a 19-character pattern the model kept repeating."""
+    rules = StopRules("  fill_in 'Note', w", "\n", StopConfig(max_lines=8, single_line=True))
+    rules.push("ith: 'CreationMode', with: 'CreationMode', with: 'CreationMode', with: 'Crea")
+    assert rules.reason == "repetition"
+    # One period is kept (counted from where the run began, in the cursor's line).
+    assert rules.final_text.count("CreationMod") == 1
