@@ -6,6 +6,11 @@ streamed suggestion, like an editor showing ghost text. It prints p50/p95 of the
 to the first partial and to the final suggestion, how many prompt tokens the backend
 reused from its KV cache, how often the suggestion cache answered without the model,
 and the server's resident memory.
+
+The session's workspace (``--workspace``, default the repository) is indexed as project
+memory unless ``--no-project-memory``; the typed files themselves are excluded from it,
+so the memory cannot simply recall the lines being typed. Typing starts once the index
+is ready, and the time that took is printed.
 """
 
 from __future__ import annotations
@@ -50,7 +55,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[str, Any]]:
-    settings: dict[str, Any] = {"backend": args.backend, "diagnostics": False}
+    workspace = args.workspace.resolve()
+    settings: dict[str, Any] = {
+        "backend": args.backend,
+        "diagnostics": False,
+        "projectMemory": not args.no_project_memory,
+        "exclude": [
+            p.resolve().relative_to(workspace).as_posix()
+            for p in args.files
+            if p.resolve().is_relative_to(workspace)
+        ],
+    }
     if args.model:
         settings["modelPath"] = str(args.model)
     if args.threads:
@@ -58,11 +73,15 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
     client = RubytailorClient(server_command(), settings)
     tally = Tally()
     info: dict[str, Any] = {}
-    await client.start(paths.REPO_ROOT)
+    await client.start(workspace)
     try:
+        started = time.perf_counter()
         info = await client.wait_until_ready()
         if info.get("model_error"):
             raise RuntimeError(f"the server has no model: {info['model_error']}")
+        info["memory"] = await wait_for_memory(client)
+        info["memory_ready_s"] = time.perf_counter() - started
+        info["rss_before_typing"] = rss_mib(client.server_pid)
         for file_index, path in enumerate(args.files):
             for n, scenario in enumerate(scenarios_from_file(path, args.lines, seed=args.seed)):
                 virtual = path.with_name(f"{path.stem}.bench{file_index}_{n}.rb")
@@ -83,6 +102,16 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
     finally:
         await client.stop()
     return tally, memory, info
+
+
+async def wait_for_memory(client: RubytailorClient, timeout_s: float = 300.0) -> dict[str, Any]:
+    """The project memory's status once it is ready (or off)."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        memory = dict((await client.status()).get("project_memory") or {})
+        if memory.get("state") in ("ready", "off") or time.perf_counter() > deadline:
+            return memory
+        await asyncio.sleep(0.2)
 
 
 async def measure_supersede(client: RubytailorClient, uri: str, line: int, tally: Tally) -> None:
@@ -118,6 +147,7 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
         f"  machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         f"  backend: {info.get('backend') or args.backend}, "
         f"model: {info.get('model_id', args.model or 'default')}",
+        f"  workspace: {args.workspace}; project memory: {_memory_line(info)}",
         f"  files: {', '.join(p.name for p in args.files)}; {tally.lines} lines typed, "
         f"{len(tally.outcomes)} keystrokes, one streamed request each",
         f"  answered by the model: {len(model_served)}, from the suggestion cache: {len(cached)}",
@@ -133,9 +163,21 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
         f"p50 {percentile(tally.supersede_ms, 50):.1f} ms, "
         f"p95 {percentile(tally.supersede_ms, 95):.1f} ms  ({len(tally.supersede_ms)} cases)",
         f"  whole line suggested before the first keystroke: {tally.exact_lines}/{tally.lines}",
-        f"  server RSS: {memory:.0f} MiB" if memory is not None else "  server RSS: unknown",
+        f"  server RSS: {memory:.0f} MiB (before typing: {info.get('rss_before_typing') or 0:.0f})"
+        if memory is not None
+        else "  server RSS: unknown",
     ]
     return "\n".join(lines)
+
+
+def _memory_line(info: dict[str, Any]) -> str:
+    memory = info.get("memory") or {}
+    if memory.get("state") != "ready":
+        return f"{memory.get('state', 'unknown')} ({memory.get('reason', '')})"
+    return (
+        f"{memory['files']} files, {memory['tokens']:,} tokens, "
+        f"ready {info.get('memory_ready_s', 0):.1f} s after start"
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -150,6 +192,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-keystrokes", type=int, default=40, help="per line")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=paths.REPO_ROOT,
+        help="the session's workspace folder, indexed as project memory",
+    )
+    parser.add_argument("--no-project-memory", action="store_true")
     parser.set_defaults(func=run)
 
 

@@ -95,6 +95,9 @@ class TransformersBackend(TokenLoopBackend):
                 f"cannot load the tokenizer in {model_dir} ({exc}); re-copy tokenizer.json "
                 "(and tokenizer_config.json) from where the model came from"
             ) from exc
+        # Whole documents are encoded for the project memory; the prompt budget, not this
+        # limit, keeps prompts within the context (no "sequence length" warning).
+        tokenizer.model_max_length = 1 << 30
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # float32 on CPU: half precision is slower there and changes greedy results.
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
