@@ -217,6 +217,7 @@ def complete_once(
     max_lines: int = 8,
     max_tokens: int = 64,
     max_prompt_tokens: int = 1024,
+    min_confidence: float = 0.0,
 ) -> tuple[CompletionResult, Completer]:
     """One completion without a server (``rubytailor complete``).
 
@@ -235,6 +236,7 @@ def complete_once(
         max_lines=max_lines,
         max_tokens=max_tokens,
         max_prompt_tokens=max_prompt_tokens,
+        min_confidence=min_confidence,
     )
     result = completer.complete(request, lambda _delta: None, CancelToken())
     return result, completer

@@ -164,6 +164,12 @@ def add_complete_parser(subparsers: Any) -> None:
     parser.add_argument("location", metavar="FILE:LINE:COL")
     parser.add_argument("--max-lines", type=int, default=Settings().max_lines)
     parser.add_argument("--max-tokens", type=int, default=Settings().max_tokens)
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=Settings().min_confidence,
+        help="the confidence gate, as the server applies it (0: show everything)",
+    )
     parser.add_argument("--json", action="store_true", help="print the whole result as JSON")
     _add_model_options(parser)
     parser.set_defaults(func=run_complete)
@@ -219,6 +225,7 @@ def run_complete(args: argparse.Namespace) -> int:
         doc_key=str(path.resolve()),
         max_lines=args.max_lines,
         max_tokens=args.max_tokens,
+        min_confidence=args.min_confidence,
     )
     if completer.prism_error is not None:
         print(

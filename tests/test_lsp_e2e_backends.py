@@ -20,7 +20,13 @@ async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
     tiny_model_dir: Path, backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(tmp_path / "cache"))  # GGML conversions
-    settings = {"backend": backend, "modelPath": str(tiny_model_dir), "maxTokens": 16}
+    # The untrained test model is never confident: the gate is off to see its output.
+    settings = {
+        "backend": backend,
+        "modelPath": str(tiny_model_dir),
+        "maxTokens": 16,
+        "minConfidence": 0,
+    }
     async with session(settings) as client:
         open_doc(client, URI, DOC)
         first, partials = await stream(client, URI, 2, 4)
