@@ -160,3 +160,22 @@ def test_nested_sections_convert_recursively_with_dotted_problem_paths() -> None
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().max_lines = 3  # type: ignore[misc]
+
+
+def test_project_memory_settings_and_their_checks() -> None:
+    settings, problems = settings_from_wire(
+        {"projectMemory": False, "exclude": ["spec/fixtures/", "*.gen.rb"], "minConfidence": 0}
+    )
+    assert problems == []
+    assert settings.project_memory is False
+    assert settings.exclude == ("spec/fixtures/", "*.gen.rb")
+    assert settings.min_confidence == 0.0
+    defaults = Settings()
+    assert (defaults.project_memory, defaults.exclude, defaults.min_confidence) == (True, (), 0.3)
+    settings, problems = settings_from_wire(
+        {"exclude": "spec/", "minConfidence": 1.5, "projectMemory": "yes"}
+    )
+    assert settings == Settings()
+    assert len(problems) == 3
+    assert any("exclude" in p and "array of strings" in p for p in problems)
+    assert any("minConfidence" in p and "out of range" in p for p in problems)
