@@ -124,21 +124,33 @@ def run(
     ttft_ms: float | None = None
     stop_reason: StopReason | None = None
     gated = False
+    # The confidence so far, and what it was when each line of the stream ended: a line
+    # is released once the next one begins, and is judged by its own tokens.
+    line_confidence: list[float] = []
 
-    def confident() -> bool:
-        return not stats.token_probs or min(stats.token_probs) >= request.min_confidence
+    def confidence_now() -> float:
+        return min(stats.token_probs) if stats.token_probs else 1.0
 
     def accept(piece: str) -> bool:
         """Feed one piece through the stop rules and Prism; True means stop."""
         nonlocal released, ttft_ms, gated
         stop = rules.push(piece) if piece else False
+        head = piece.split("\n")
+        if len(head) > 1:
+            # A piece that ends one line and starts the next counts for both.
+            line_confidence.extend([confidence_now()] * (len(head) - 1))
         now = check.release(rules.text) if check else _whole_lines(rules.text)
         # A line's end (and blank lines after it) goes out with the next line: whether
         # the suggestion ends there, or with a blank line, is known only later.
         now = now.rstrip(" \t\r\n")
-        if len(now) > len(released) and not confident():
-            gated = True
-            return True
+        if len(now) > len(released):
+            last_line = now.count("\n")
+            judged = (
+                line_confidence[last_line] if last_line < len(line_confidence) else confidence_now()
+            )
+            if judged < request.min_confidence:
+                gated = True
+                return True
         if len(now) > len(released):
             if now.startswith(released):
                 delta, released = now[len(released) :], now
@@ -187,7 +199,7 @@ def run(
     if cancel.cancelled:
         # What was already sent stays the result text, so partials still add up.
         return replace(base, total_ms=_ms_since(started))
-    if gated or not confident():
+    if gated or confidence_now() < request.min_confidence:
         # What the gate let through was released already; nothing more is shown.
         final_text, verdict, stop_reason = released, Verdict.LOW_CONFIDENCE, "low_confidence"
     elif check is not None:

@@ -44,7 +44,7 @@ def make_completer(backend: FakeBackend, prism: Prism | None) -> Completer:
     return Completer(SPEC, backend_loader=lambda *a, **k: backend, prism_loader=load_prism)
 
 
-def request(text: str, cursor: str = "█", **limits: int) -> CompletionRequest:
+def request(text: str, cursor: str = "█", **limits: float) -> CompletionRequest:
     """A request at the position of ``cursor`` in ``text`` (the marker is removed)."""
     offset = text.index(cursor)
     return CompletionRequest(
@@ -314,3 +314,30 @@ def test_the_suggestion_cache_is_consulted_once_per_request(
     assert completer.cached(request("total = █\n")) is not None
     again = completer.generate(request("total = █\n"), lambda _d: None, CancelToken())
     assert len(lookups) == 2 and again.source == "model"
+
+
+def _gated(min_confidence: float, text: str = "x = 1\n    y = 2\n") -> CompletionResult:
+    # Pieces of 6 characters: "x = 1\n", "    y ", "= 2\n"; the second line is unlikely.
+    backend = FakeBackend([text], piece_chars=6, piece_probs={"    y ": 0.1})
+    completer = make_completer(backend, None)
+    result, deltas = run(completer, request(METHOD_BODY, min_confidence=min_confidence))
+    assert "".join(deltas) + result.final_delta == result.text
+    return result
+
+
+def test_the_confidence_gate_ends_a_suggestion_at_its_first_unlikely_line() -> None:
+    result = _gated(0.3)
+    assert (result.text, result.verdict, result.stop_reason) == (
+        "x = 1",
+        "low_confidence",
+        "low_confidence",
+    )
+    assert result.confidence == 0.1
+    everything = _gated(0.0)
+    assert (everything.text, everything.verdict) == ("x = 1\n    y = 2", "unchecked")
+
+
+def test_the_gate_holds_back_an_unlikely_single_line() -> None:
+    backend = FakeBackend(["items.sum\n"], piece_probs={"ite": 0.05})
+    result, deltas = run(make_completer(backend, None), request("total = █\n", min_confidence=0.3))
+    assert (result.text, result.verdict, deltas) == ("", "low_confidence", [])

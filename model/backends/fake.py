@@ -37,6 +37,7 @@ class FakeBackend:
         fim_format: str = "starcoder",
         fim_order: str = "spm",
         context_length: int = 2048,
+        piece_probs: dict[str, float] | None = None,
     ) -> None:
         if not completions:
             raise ValueError("FakeBackend needs at least one completion (it may be empty text)")
@@ -48,6 +49,9 @@ class FakeBackend:
         self.fim_format = fim_format
         self.fim_order = fim_order
         self.context_length = context_length
+        # The probability reported for a piece (GenerationStats.token_probs), by its text;
+        # 1.0 for any other piece. Lets tests drive the confidence gate.
+        self.piece_probs = dict(piece_probs or {})
         self.model_id = f"fake:{len(self.completions)}"
         # Every prompt received, in order; tests read these.
         self.prompts: list[str] = []
@@ -123,6 +127,7 @@ class FakeBackend:
                     stats.stopped_by = "cancelled"
                     return
                 stats.generated_tokens += 1
+                stats.token_probs.append(self.piece_probs.get(piece, 1.0))
                 if stats.first_token_s is None:
                     stats.first_token_s = time.perf_counter() - start
                 if cancel.cancelled:  # set from another thread since the check above
