@@ -120,9 +120,9 @@ async def suggest(
 
 def _memory_state(ls: RubytailorServer) -> str:
     """The project memory for the log line: off, or its state and size."""
-    if ls.workspace_memory is None:
+    status = ls.memory_status()  # also shows, once, a message when a cap left files out
+    if status["state"] == "off":
         return "off"
-    status = ls.workspace_memory.status()
     return f"{status['state']}:{status['files']}files/{status['tokens']}tokens"
 
 
