@@ -207,6 +207,10 @@ def run(
         final_text, verdict = checked.text, checked.verdict
     else:
         final_text, verdict = rules.final_text, Verdict.UNCHECKED
+    if suffix[:1] in ("", "\n", "\r"):
+        # Prism keeps whole lines, newline included; before the line's own end (or the
+        # file's) that newline would only leave an empty line behind.
+        final_text = final_text.rstrip("\r\n")
     if not final_text.startswith(released):
         # A stop rule cut lines already shown (runaway repetition): partials cannot be
         # taken back, so the streaming contract wins and the shown text stays.

@@ -79,7 +79,7 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
         info = await client.wait_until_ready()
         if info.get("model_error"):
             raise RuntimeError(f"the server has no model: {info['model_error']}")
-        info["memory"] = await wait_for_memory(client)
+        info["memory"] = await client.wait_for_memory()
         info["memory_ready_s"] = time.perf_counter() - started
         info["rss_before_typing"] = rss_mib(client.server_pid)
         for file_index, path in enumerate(args.files):
@@ -102,16 +102,6 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
     finally:
         await client.stop()
     return tally, memory, info
-
-
-async def wait_for_memory(client: RubytailorClient, timeout_s: float = 300.0) -> dict[str, Any]:
-    """The project memory's status once it is ready (or off)."""
-    deadline = time.perf_counter() + timeout_s
-    while True:
-        memory = dict((await client.status()).get("project_memory") or {})
-        if memory.get("state") in ("ready", "off") or time.perf_counter() > deadline:
-            return memory
-        await asyncio.sleep(0.2)
 
 
 async def measure_supersede(client: RubytailorClient, uri: str, line: int, tally: Tally) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rubytailor import paths
+from rubytailor.config import Settings
 from rubytailor.lsp_client import RubytailorClient, rss_mib, server_command
 from rubytailor.typing_replay import scenarios_from_file
 
@@ -33,7 +34,7 @@ def resolve_model(model: Path | None) -> tuple[Path, str]:
     # No bundled model in this checkout: build the tiny one (seconds) so the path still runs.
     from rubytailor.training.tiny import build_tiny_model
 
-    tiny = paths.cache_dir() / "tiny-demo-model"
+    tiny = paths.ensure_private_dir(paths.cache_dir()) / "tiny-demo-model"
     if not (tiny / "config.json").exists():
         build_tiny_model(tiny, train_steps=200)
     return tiny, f"model: tiny demo model built at setup ({tiny}); it knows little Ruby"
@@ -54,20 +55,35 @@ def show(text: str) -> str:
 
 async def session(args: argparse.Namespace) -> None:
     model, origin = resolve_model(args.model)
-    settings: dict[str, Any] = {"backend": args.backend, "modelPath": str(model)}
+    # The sample's folder is the workspace, as when a user opens a project; the sample
+    # itself is kept out of the project memory, which could otherwise recall the very
+    # lines the demo cuts away.
+    workspace = args.file.resolve().parent
+    # The gate is off so every suggestion can be seen; each says whether the default
+    # minConfidence would show it in an editor.
+    gate = Settings().min_confidence
+    settings: dict[str, Any] = {
+        "backend": args.backend,
+        "modelPath": str(model),
+        "exclude": [args.file.name],
+        "minConfidence": 0,
+    }
     print(f"rubytailor demo — {origin}")
-    print(f"server: {' '.join(server_command())} (stdio)\n")
+    print(f"server: {' '.join(server_command())} (stdio), workspace {workspace}\n")
     client = RubytailorClient(server_command(), settings)
     started = time.perf_counter()
-    await client.start(paths.REPO_ROOT)
+    await client.start(workspace)
     try:
         status = await client.wait_until_ready()
         if status.get("model_error"):
             print(f"the server has no model: {status['model_error']}")
             return
+        memory = await client.wait_for_memory()
         print(
             f"server ready, model {status.get('model_id')} loaded in "
-            f"{time.perf_counter() - started:.1f} s\n"
+            f"{time.perf_counter() - started:.1f} s; project memory: "
+            f"{memory.get('state')}, {memory.get('files', 0)} files, "
+            f"{memory.get('tokens', 0)} tokens\n"
         )
         for n, scenario in enumerate(scenarios_from_file(args.file, args.cases, seed=args.seed)):
             uri = client.open(args.file.with_name(f"{args.file.stem}.demo{n}.rb"), scenario.text)
@@ -83,17 +99,30 @@ async def session(args: argparse.Namespace) -> None:
             result = outcome.result
             print(
                 f"   final   {outcome.total_ms:6.0f} ms: {show(outcome.text)}\n"
-                f"   prism: {result.get('verdict', '?')}, source: {result.get('source', '?')}, "
+                f"   verdict: {result.get('verdict', '?')}, source: {result.get('source', '?')}, "
+                f"confidence: {_fmt(result.get('confidence'))}"
+                f"{_gate_note(result.get('confidence'), gate, outcome.text)}, "
+                f"from memory: {_fmt(result.get('memory_share'))}, "
                 f"prompt tokens: {result.get('prompt_tokens', '?')}, "
                 f"reused: {result.get('reused_tokens', '?')}\n"
             )
         if client.messages:
             print("server messages:\n  " + "\n  ".join(client.messages))
-        memory = rss_mib(client.server_pid)
-        if memory is not None:
-            print(f"server RSS: {memory:.0f} MiB")
+        rss = rss_mib(client.server_pid)
+        if rss is not None:
+            print(f"server RSS: {rss:.0f} MiB")
     finally:
         await client.stop()
+
+
+def _gate_note(confidence: Any, gate: float, text: str) -> str:
+    if not text or not isinstance(confidence, float):
+        return ""
+    return " (shown)" if confidence >= gate else f" (below minConfidence {gate}: not shown)"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else "-"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -105,6 +105,15 @@ class RubytailorClient:
                 return status
             await asyncio.sleep(0.1)
 
+    async def wait_for_memory(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """The project memory's status once its first scan is indexed (or it is off)."""
+        deadline = time.perf_counter() + timeout_s
+        while True:
+            memory = dict((await self.status()).get("project_memory") or {})
+            if memory.get("state") in ("ready", "off") or time.perf_counter() > deadline:
+                return memory
+            await asyncio.sleep(0.2)
+
     async def stop(self) -> None:
         try:
             await asyncio.wait_for(self.client.shutdown_async(None), timeout=10)

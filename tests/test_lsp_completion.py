@@ -125,10 +125,10 @@ async def test_a_suggestion_that_breaks_the_file_is_trimmed(tmp_path: Path) -> N
         open_doc(client, URI, DOC)
         result, partials = await stream(client, URI, *CURSOR)
         inline_answer = await inline(client, URI, *CURSOR)
-    assert (result["text"], result["verdict"]) == ("x = 1\n", "trimmed")
-    assert "".join(p["text"] for p in partials) == "x = 1\n"
+    assert (result["text"], result["verdict"]) == ("x = 1", "trimmed")
+    assert "".join(p["text"] for p in partials) == "x = 1"
     # The inline request at the same place is answered from the cache: same checked text.
-    assert inline_answer.items[0].insert_text == "x = 1\n"
+    assert inline_answer.items[0].insert_text == "x = 1"
 
 
 async def test_edits_are_applied_incrementally_and_typing_through_uses_the_cache(
