@@ -171,7 +171,7 @@ def test_project_memory_settings_and_their_checks() -> None:
     assert settings.exclude == ("spec/fixtures/", "*.gen.rb")
     assert settings.min_confidence == 0.0
     defaults = Settings()
-    assert (defaults.project_memory, defaults.exclude, defaults.min_confidence) == (True, (), 0.3)
+    assert (defaults.project_memory, defaults.exclude, defaults.min_confidence) == (True, (), 0.4)
     settings, problems = settings_from_wire(
         {"exclude": "spec/", "minConfidence": 1.5, "projectMemory": "yes"}
     )
