@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rubytailor import paths
+from rubytailor.lsp import jsonrpc
 from rubytailor.lsp.server import create_server
 
 logger = logging.getLogger(__name__)
@@ -19,6 +22,7 @@ def configure_logging(level: str = "INFO", log_file: Path | None = None) -> None
     """Log to ``log_file`` or stderr; stdout carries the protocol."""
     handler: logging.Handler
     if log_file is not None:
+        paths.restrict_umask()  # the log holds the user's code: 0600 in a 0700 directory
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
     else:
@@ -40,12 +44,28 @@ def parse_tcp(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(overrides: Mapping[str, Any] | None = None, tcp: tuple[str, int] | None = None) -> None:
-    """Run until the client says exit (stdio) or the connection closes (TCP)."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (anything else needs --allow-remote)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def serve(overrides: Mapping[str, Any] | None = None, tcp: tuple[str, int] | None = None) -> int:
+    """Run until the client says exit (stdio) or the connection closes (TCP); the exit
+    code (1 for an exit without shutdown, as LSP asks)."""
+    # Whatever the server writes (the GGML cache, logs) is the user's alone, whatever
+    # the umask it was started with.
+    paths.restrict_umask()
+    for directory in (paths.cache_dir(), paths.data_dir()):
+        paths.warn_if_shared(directory)
     server = create_server(overrides)
+    # Our reader and message checks instead of pygls' (lsp/jsonrpc.py says why).
     if tcp is None:
         logger.info("rubytailor serving on stdio")
-        server.start_io()
-    else:
-        logger.info("rubytailor serving on %s:%d", *tcp)
-        server.start_tcp(*tcp)
+        return jsonrpc.serve_stdio(server)
+    logger.info("rubytailor serving on %s:%d", *tcp)
+    return jsonrpc.serve_tcp(server, *tcp)

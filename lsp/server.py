@@ -19,12 +19,15 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 from pygls.uris import to_fs_path
 
 from rubytailor import __version__
 from rubytailor.config import Settings, settings_from_wire
 from rubytailor.lsp.diagnostics import RUBY_SUFFIXES, DiagnosticsPublisher
+from rubytailor.lsp.document_sync import DocumentSync
 from rubytailor.lsp.inflight import InFlight
+from rubytailor.lsp.jsonrpc import strict_scalars
 from rubytailor.lsp.snapshot import UTF16, Snapshot
 from rubytailor.lsp.worker import Worker
 from rubytailor.lsp.workspace_memory import WorkspaceMemory, tokenizer_encoder
@@ -41,7 +44,15 @@ class RubytailorProtocol(LanguageServerProtocol):
 
     The LSP specification asks for that error; pygls alone would run the handler
     against a workspace that does not exist yet and answer with an internal error.
+    Also: strict types when structuring params, didChange applied all or nothing
+    (lsp/document_sync.py), no traceback in any error sent to the client. Messages
+    reach it through lsp/jsonrpc.py, which checks them first.
     """
+
+    def __init__(self, server: Any, converter: Any) -> None:
+        strict_scalars(converter)  # before pygls builds any structuring function
+        super().__init__(server, converter)
+        self.documents = DocumentSync(self._warn_user)
 
     def _handle_request(self, msg_id: Any, method_name: str, params: Any) -> None:
         if self._workspace is None and method_name != types.INITIALIZE:
@@ -55,8 +66,47 @@ class RubytailorProtocol(LanguageServerProtocol):
             return
         super()._handle_request(msg_id, method_name, params)
 
+    def _warn_user(self, message: str) -> None:
+        self._server.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Warning, message=message)
+        )
+
+    def _send_response(
+        self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None
+    ) -> None:
+        if error is not None and error.data is not None:
+            # pygls puts the traceback of an internal error here; it stays in our log.
+            logger.debug("not sending error data to the client: %r", error.data)
+            error = types.ResponseError(code=error.code, message=error.message)
+        super()._send_response(msg_id, result, error)
+
+    def on_invalid_notification(self, method: str, message: Any, problem: str) -> None:
+        self.documents.invalid_notification(method, message, problem)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Any:
+        self.documents.opened(params.text_document.uri)
+        return (yield from super().lsp_text_document__did_open(params))
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Any:
+        self.documents.opened(params.text_document.uri)
+        return (yield from super().lsp_text_document__did_close(params))
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Any:
+        # All changes or none, lines split the LSP way (pygls: one by one, splitlines).
+        encoding = str(getattr(self._server, "position_encoding", UTF16))
+        if not self.documents.did_change(self.workspace, params, encoding):
+            return None
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+        return None
+
 
 class RubytailorServer(LanguageServer):
+    protocol: RubytailorProtocol
+
     def __init__(
         self,
         *,
@@ -101,7 +151,8 @@ class RubytailorServer(LanguageServer):
     def snapshot(self, uri: str) -> Snapshot | None:
         """An immutable copy of an open document, or None if the client never opened it."""
         document = self.workspace.text_documents.get(unquote(uri))
-        if document is None:
+        if document is None or self.protocol.documents.is_stale(uri):
+            # A stale copy (an edit was rejected) would put suggestions in wrong places.
             return None
         return Snapshot(
             uri=uri,

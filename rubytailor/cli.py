@@ -70,6 +70,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What rubytailor writes (caches, corpora, logs: the user's code) is private whatever
+    # the umask; files meant to be shared (an exported model) are chmod'ed explicitly.
+    paths.restrict_umask()
     words = sys.argv[1:] if argv is None else argv
     named = words[0] if words and words[0] in dict(COMMANDS) else None
     parser = build_parser(only=named)
@@ -123,6 +126,11 @@ def add_serve_parser(subparsers: Any) -> None:
     # LSP client libraries add these to the command line (vscode-languageclient appends
     # --stdio for TransportKind.stdio, and --clientProcessId): stdio is the default anyway.
     parser.add_argument("--stdio", action="store_true", help="serve on stdio (the default)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --tcp listen on an address other machines can reach (no authentication!)",
+    )
     parser.add_argument("--clientProcessId", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-file", type=Path, default=None, help="log here instead of stderr")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
@@ -131,7 +139,7 @@ def add_serve_parser(subparsers: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from rubytailor.lsp.serve import configure_logging, parse_tcp, serve
+    from rubytailor.lsp.serve import configure_logging, is_loopback, parse_tcp, serve
 
     if args.stdio and args.tcp:
         print("rubytailor serve: choose --stdio or --tcp, not both", file=sys.stderr)
@@ -141,6 +149,21 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"rubytailor serve: {exc}", file=sys.stderr)
         return 2
+    if tcp is not None and not is_loopback(tcp[0]):
+        # Anyone who can connect reads the open documents and drives the model.
+        if not args.allow_remote:
+            print(
+                f"rubytailor serve: --tcp {args.tcp} would accept connections from other "
+                "machines, without authentication; use a loopback address such as "
+                "127.0.0.1, or add --allow-remote if you mean it",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            f"rubytailor serve: warning: listening on {tcp[0]}:{tcp[1]}, reachable from other "
+            "machines; anyone who connects can read the documents you edit",
+            file=sys.stderr,
+        )
     configure_logging(args.log_level, args.log_file)
     # Command-line choices are the lowest settings layer: the editor's settings win.
     overrides: dict[str, Any] = {}
@@ -150,8 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
         overrides["backend"] = args.backend
     if args.threads is not None:
         overrides["threads"] = args.threads
-    serve(overrides, tcp)
-    return 0
+    return serve(overrides, tcp)
 
 
 # -- complete ----------------------------------------------------------------------------
@@ -381,7 +403,7 @@ def check_model(backend: str, model: Path, threads: int | None) -> Check:
 def check_data_dir() -> Check:
     directory = paths.data_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        paths.ensure_private_dir(directory)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".doctor-"):
             pass
     except OSError as exc:
@@ -391,6 +413,8 @@ def check_data_dir() -> Check:
             f"{directory} is not writable ({exc})",
             "set RUBYTAILOR_DATA_DIR or XDG_DATA_HOME to a writable directory",
         )
+    if (problem := paths.shared_problem(directory)) is not None:
+        return Check("data directory", False, problem, f"chmod 700 {directory}", required=False)
     return Check("data directory", True, f"{directory} is writable")
 
 

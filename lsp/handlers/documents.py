@@ -1,5 +1,7 @@
-"""didOpen, didChange, didClose: pygls keeps the text; these keep diagnostics and the
-project memory current (an open document's unsaved text replaces its file there)."""
+"""didOpen, didChange, didClose: pygls' workspace keeps the text (edits are applied by
+lsp/document_sync.py, and a rejected didChange never reaches ``did_change``); these keep
+diagnostics and the project memory current (an open document's unsaved text replaces
+its file there)."""
 
 from __future__ import annotations
 
