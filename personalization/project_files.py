@@ -6,6 +6,7 @@ this module adds watching (watchdog), caps, editor overlays and event delivery.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -138,7 +139,10 @@ class ProjectFiles:
         self._tasks: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._observer: BaseObserver | None = None
         self._poller: BaseObserver | None = None
-        self._watches: dict[Path, tuple[BaseObserver, ObservedWatch]] = {}
+        # Per root: the observer, and its watches. With inotify, one non-recursive watch
+        # per included directory, so node_modules/, .venv/, tmp/ and other ignored trees
+        # cost no watches and send no events; when polling, one recursive watch.
+        self._watches: dict[Path, tuple[BaseObserver, dict[Path, ObservedWatch]]] = {}
         self._worker: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -253,6 +257,16 @@ class ProjectFiles:
             self._rules[root].invalidate(path.parent)
             self._sync(root, path.parent)
         elif is_dir:
+            if root in self._watches:
+                # A directory created or moved in gets watches; one gone, or now ignored,
+                # loses them.
+                self._unwatch_tree(root, path)
+                if (
+                    path.is_dir()
+                    and not path.is_symlink()
+                    and not self._rules[root].excluded(path, is_dir=True)
+                ):
+                    _guarded(functools.partial(self._watch_tree, root, path))
             self._sync(root, path)
         else:
             self._refresh(root, path)
@@ -277,30 +291,62 @@ class ProjectFiles:
 
     def _watch(self, root: Path) -> None:
         """Watch root with inotify (or the platform's API), else by polling, else not at all."""
-        handler = _Handler(self._notify)
         assert self._observer is not None, "start() first"
+        self._watches[root] = (self._observer, {})
         try:
-            watch = self._observer.schedule(handler, str(root), recursive=True)
-            self._watches[root] = (self._observer, watch)
+            self._watch_tree(root, root)
             return
         except OSError as exc:  # no inotify, or its watch/instance limits reached
             log.warning("project files: cannot watch %s (%s); polling instead", root, exc)
+            self._unwatch_tree(root, root)
         try:
             if self._poller is None:
                 self._poller = PollingObserver(timeout=POLL_INTERVAL_S)
                 self._poller.daemon = True
                 self._poller.start()
-            watch = self._poller.schedule(handler, str(root), recursive=True)
-            self._watches[root] = (self._poller, watch)
+            watch = self._poller.schedule(_Handler(self._notify), str(root), recursive=True)
+            self._watches[root] = (self._poller, {root: watch})
         except Exception:  # the scan still runs; changes then show on rescan() only
+            self._watches.pop(root, None)
             log.exception("project files: cannot watch %s at all", root)
+
+    def _watch_tree(self, root: Path, top: Path) -> None:
+        """Add a non-recursive inotify watch for top and each included directory below."""
+        observer, watches = self._watches[root]
+        if observer is self._poller:
+            return  # the recursive poll sees new directories by itself
+        rules = self._rules[root]
+        stack = [top]
+        while stack:
+            directory = stack.pop()
+            if directory not in watches:
+                watches[directory] = observer.schedule(
+                    _Handler(self._notify), str(directory), recursive=False
+                )
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False) and not rules.dir_excluded(
+                            entry.path
+                        ):
+                            stack.append(Path(entry.path))
+            except OSError as exc:
+                log.debug("project files: cannot list %s: %s", directory, exc)
+
+    def _unwatch_tree(self, root: Path, top: Path) -> None:
+        observer, watches = self._watches.get(root, (None, {}))
+        for directory in [d for d in watches if d == top or top in d.parents]:
+            watch = watches.pop(directory)
+            if observer is not None:
+                with contextlib.suppress(Exception):  # the directory may be gone already
+                    observer.unschedule(watch)
 
     def _remove_root(self, root: Path) -> None:
         if self._rules.pop(root, None) is None:
             return
         if root in self._watches:
-            observer, watch = self._watches.pop(root)
-            observer.unschedule(watch)
+            self._unwatch_tree(root, root)
+            del self._watches[root]
         for path in self._under(root):
             if self._root_for(path) is None:  # else still under another (enclosing) root
                 self._deliver(path, None)

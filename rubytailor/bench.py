@@ -70,7 +70,8 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
         settings["modelPath"] = str(args.model)
     if args.threads:
         settings["threads"] = args.threads
-    client = RubytailorClient(server_command(), settings)
+    extra = ["--log-file", str(args.server_log)] if args.server_log else []
+    client = RubytailorClient(server_command(extra), settings)
     tally = Tally()
     info: dict[str, Any] = {}
     await client.start(workspace)
@@ -189,6 +190,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the session's workspace folder, indexed as project memory",
     )
     parser.add_argument("--no-project-memory", action="store_true")
+    parser.add_argument("--server-log", type=Path, default=None, help="the server's log file")
     parser.set_defaults(func=run)
 
 

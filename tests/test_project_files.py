@@ -413,3 +413,22 @@ def test_polling_fallback_when_inotify_is_unavailable(
     _, rec = start(tmp_path)
     b = write(tmp_path, "b.rb")
     assert rec.wait_for(lambda: set(rec.files) == {tmp_path / "a.rb", b})
+
+
+def test_only_included_directories_are_watched(tmp_path: Path, start: Any) -> None:
+    """No inotify watch (and no event traffic) for node_modules/, .venv-like ignored trees."""
+    write(tmp_path, "app/models/user.rb")
+    write(tmp_path, "node_modules/pkg/lib/index.rb")
+    write(tmp_path, ".gitignore", "build/\n")
+    write(tmp_path, "build/deep/x.rb")
+    pf, rec = start(tmp_path)
+    watched = set(pf._watches[tmp_path][1])
+    assert {tmp_path, tmp_path / "app", tmp_path / "app/models"} <= watched
+    assert not any("node_modules" in d.parts or "build" in d.parts for d in watched)
+
+    # A directory made after the start gets its own watch: edits inside it arrive.
+    new = write(tmp_path, "app/services/billing/charge.rb", "x = 1\n")
+    assert rec.wait_for(lambda: rec.files.get(new) == "x = 1\n")
+    new.write_text("x = 2\n")
+    assert rec.wait_for(lambda: rec.files.get(new) == "x = 2\n")
+    assert tmp_path / "app/services/billing" in pf._watches[tmp_path][1]
