@@ -119,7 +119,14 @@ class RubytailorClient:
             await asyncio.wait_for(self.client.shutdown_async(None), timeout=10)
             self.client.exit(None)
         finally:
-            await self.client.stop()
+            try:
+                # pygls' stop also waits for its reader tasks; seen to hang once the server
+                # had exited, so it gets a deadline, and the server a kill if still there.
+                await asyncio.wait_for(self.client.stop(), timeout=10)
+            except TimeoutError:
+                server = getattr(self.client, "_server", None)
+                if server is not None and server.returncode is None:
+                    server.kill()
 
     def open(self, path: Path, text: str) -> str:
         uri = path.resolve().as_uri()
