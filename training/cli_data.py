@@ -3,6 +3,8 @@
 rubytailor corpus --out runs/corpus                 # Debian packages (curated list)
 rubytailor corpus --out runs/corpus --no-debian --dir ~/src/some_gem --dir-license MIT
 rubytailor corpus --out runs/corpus --prism-only    # Prism pass over an existing corpus
+rubytailor corpus --out runs/corpus-v2 --apps runs/rails-apps \
+    --apps-manifest /work/shared/data/rails-apps-manifest.jsonl   # + Rails apps, held out
 rubytailor tokenizer --corpus runs/corpus --out runs/tokenizer
 rubytailor prepare --corpus runs/corpus --tokenizer runs/tokenizer --out runs/data
 """
@@ -14,9 +16,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rubytailor import paths
 from rubytailor.errors import RubytailorError
+
+if TYPE_CHECKING:
+    from rubytailor.training.corpus import Source
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,34 @@ def add_corpus_parser(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dir", type=Path, help=f"apt download cache (default: {paths.cache_dir()}/apt)"
     )
     p.add_argument("--all-licenses", action="store_true", help="keep non-permissive files")
+    a = p.add_argument_group("applications (one folder per app: owner__name/ or any name)")
+    a.add_argument("--apps", type=Path, help="folder of application folders")
+    a.add_argument(
+        "--apps-manifest",
+        type=Path,
+        help="JSONL {repo, commit, path, license, sha256, bytes}: file list, SHA-256, licence",
+    )
+    a.add_argument(
+        "--hold-out",
+        action="append",
+        default=[],
+        metavar="OWNER/NAME",
+        help="evaluation app kept out of every split (repeatable)",
+    )
+    a.add_argument(
+        "--hold-out-file",
+        type=Path,
+        help="README with a 'Held out' section, or one app per line "
+        "(default: X-README.md beside X-manifest.jsonl)",
+    )
+    a.add_argument(
+        "--no-default-hold-out", action="store_true", help="ignore the README beside the manifest"
+    )
+    a.add_argument(
+        "--held-out-eval",
+        action="store_true",
+        help="build an evaluation corpus instead: only the held-out apps, all in the test split",
+    )
     p.add_argument("--near-threshold", type=float, default=0.85)
     p.add_argument("--no-prism", action="store_true", help="skip the Prism parse filter")
     p.add_argument("--prism-only", action="store_true", help="only run the Prism pass on --out")
@@ -81,6 +115,10 @@ def run_corpus(args: argparse.Namespace) -> int:
         summary = apply_parse_filter(args.out, check)
     else:
         sources = [directory_source(d, args.dir_license) for d in args.dir]
+        if args.apps is not None:
+            sources += _app_sources(args)
+        elif args.apps_manifest or args.hold_out or args.held_out_eval:
+            raise RubytailorError("--apps-manifest, --hold-out and --held-out-eval need --apps.")
         if not args.no_debian:
             from rubytailor.training.apt_packages import (
                 DEFAULT_PACKAGES,
@@ -105,6 +143,27 @@ def run_corpus(args: argparse.Namespace) -> int:
     brief = {k: v for k, v in summary.items() if k not in ("sources", "splits")}
     log.info("corpus in %s: %s", args.out, json.dumps(brief))
     return 0
+
+
+def _app_sources(args: argparse.Namespace) -> list[Source]:
+    from rubytailor.training.app_corpus import app_sources, default_held_out_file, read_held_out
+
+    held = set(args.hold_out)
+    held_file = args.hold_out_file
+    if held_file is None and not args.no_default_hold_out:
+        held_file = default_held_out_file(args.apps_manifest)
+    if held_file is not None:
+        held |= set(read_held_out(held_file))
+        log.info("held out (from %s and --hold-out): %s", held_file, ", ".join(sorted(held)))
+    if args.held_out_eval and not held:
+        raise RubytailorError("--held-out-eval needs held-out apps (--hold-out or a README).")
+    return app_sources(
+        args.apps,
+        manifest=args.apps_manifest,
+        held_out=frozenset(held),
+        license_name=args.dir_license,
+        held_out_eval=args.held_out_eval,
+    )
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ Output directory layout (all JSON/JSONL, so the data is open and reproducible):
 Drop reasons, in the order they are checked: ``unreadable``, ``license``, ``vendored``,
 ``too_large``, ``empty``, ``generated``, ``minified``, ``duplicate`` (same normalized
 content as a kept file), ``near_duplicate`` (MinHash Jaccard >= 0.85), ``unparsable``
-(Prism reports a syntax error; applied when prism.wasm is available).
+(Prism reports a syntax error; applied when prism.wasm is available). Application
+sources (``app_corpus.py``) add ``missing`` and ``sha_mismatch`` (a file not as its
+manifest lists it), ``held_out`` (an evaluation app: never in any split) and
+``held_out_duplicate`` (the same or nearly the same content as a held-out file).
 """
 
 from __future__ import annotations
@@ -35,18 +38,32 @@ from rubytailor.training.split import split_for
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+HELD_OUT = "held_out"
 ParseCheck = Callable[[str], bool]
 
 
 @dataclass(frozen=True, kw_only=True)
+class ListedFile:
+    """A file a manifest promises: its path under the source root, licence and SHA-256."""
+
+    path: str
+    license: str
+    sha256: str
+    commit: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Source:
-    """One unit of provenance and of splitting: a Debian package or a directory."""
+    """One unit of provenance and of splitting: a Debian package, a directory or an app."""
 
     name: str
-    kind: str  # "debian" or "dir"
+    kind: str  # "debian", "dir" or "app"
     root: Path
     copyright_file: Path | None = None  # DEP-5, for Debian packages
     license: str = ""  # for directories: given by the user or read from the gem
+    files: tuple[ListedFile, ...] | None = None  # from a manifest; None: walk the root
+    held_out: bool = False  # an evaluation project: recorded, deduplicated against, not kept
+    split: str = ""  # forced split (an evaluation corpus); "": by the name's hash
 
 
 @dataclass(kw_only=True)
@@ -62,6 +79,7 @@ class FileRecord:
     kept: bool
     reason: str = ""
     duplicate_of: str = ""
+    commit: str = ""
 
 
 def debian_source(name: str, root: Path) -> Source:
@@ -94,6 +112,23 @@ def iter_ruby_files(root: Path) -> Iterator[Path]:
                 yield path
 
 
+def _candidates(source: Source) -> Iterator[tuple[str, Path, ListedFile | None]]:
+    """(relative path, file, manifest entry) for each candidate file of ``source``."""
+    if source.files is None:
+        for path in iter_ruby_files(source.root):
+            yield path.relative_to(source.root).as_posix(), path, None
+    else:
+        for entry in source.files:
+            yield entry.path, source.root / entry.path, entry
+
+
+def _source_order(source: Source) -> tuple[int, str]:
+    # Held-out apps first, so training files can be deduplicated against them; apps after
+    # packages and directories, so adding apps never drops a library file as a duplicate.
+    rank = 0 if source.held_out else 2 if source.kind == "app" else 1
+    return rank, source.name
+
+
 def build_corpus(
     sources: list[Source],
     out: Path,
@@ -108,20 +143,27 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
     near = NearDuplicateIndex(near_threshold)
     exact: dict[str, str] = {}
+    held_keys: set[str] = set()
     records: list[FileRecord] = []
     writers = {split: (out / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
     try:
-        for source in sorted(sources, key=lambda s: s.name):
+        for source in sorted(sources, key=_source_order):
             paragraphs = (
                 parse_dep5(source.copyright_file.read_text(encoding="utf-8", errors="replace"))
                 if source.copyright_file
                 else []
             )
-            split = split_for(source.name, validation, test)
-            for path in iter_ruby_files(source.root):
-                rel = path.relative_to(source.root).as_posix()
+            split = source.split or split_for(source.name, validation, test)
+            if source.held_out:
+                split = HELD_OUT
+            for rel, path, entry in _candidates(source):
+                if entry is not None and not path.is_file():
+                    records.append(_missing(source, entry, split))
+                    continue
                 data = path.read_bytes()
                 lic = license_for(paragraphs, rel) if paragraphs else source.license
+                if entry is not None and entry.license:
+                    lic = entry.license
                 text = decode_source(data)
                 record = FileRecord(
                     source=source.name,
@@ -133,10 +175,23 @@ def build_corpus(
                     lines=text.count("\n") + 1 if text else 0,
                     split=split,
                     kept=False,
+                    commit=entry.commit if entry is not None else "",
                 )
                 records.append(record)
+                if entry is not None and record.sha256 != entry.sha256:
+                    record.reason = "sha_mismatch"
+                    log.warning("%s:%s: SHA-256 differs from the manifest", source.name, rel)
+                    continue
                 if text is None:
                     record.reason = "unreadable"
+                    continue
+                key = f"{source.name}:{rel}"
+                if source.held_out:
+                    # Indexed only, so that copies elsewhere are dropped; never written.
+                    record.reason = HELD_OUT
+                    exact.setdefault(normalized_hash(text), key)
+                    near.add(key, minhash(text))
+                    held_keys.add(key)
                     continue
                 if permissive_only and not is_permissive(lic):
                     record.reason = "license"
@@ -144,15 +199,16 @@ def build_corpus(
                 record.reason = drop_reason(rel, text)
                 if record.reason:
                     continue
-                key = f"{source.name}:{rel}"
                 norm = normalized_hash(text)
                 if norm in exact:
-                    record.reason, record.duplicate_of = "duplicate", exact[norm]
+                    record.duplicate_of = exact[norm]
+                    record.reason = _dup_reason(record.duplicate_of, held_keys, "duplicate")
                     continue
                 signature = minhash(text)
                 similar = near.find(signature)
                 if similar is not None:
-                    record.reason, record.duplicate_of = "near_duplicate", similar
+                    record.duplicate_of = similar
+                    record.reason = _dup_reason(similar, held_keys, "near_duplicate")
                     continue
                 if parse_ok is not None and not parse_ok(text):
                     record.reason = "unparsable"
@@ -169,6 +225,27 @@ def build_corpus(
     summary = summarize(records, prism_checked=parse_ok is not None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _missing(source: Source, entry: ListedFile, split: str) -> FileRecord:
+    log.warning("%s:%s: listed in the manifest but missing", source.name, entry.path)
+    return FileRecord(
+        source=source.name,
+        source_kind=source.kind,
+        path=entry.path,
+        license=entry.license or source.license,
+        sha256=entry.sha256,
+        bytes=0,
+        lines=0,
+        split=split,
+        kept=False,
+        reason="missing",
+        commit=entry.commit,
+    )
+
+
+def _dup_reason(key: str, held_keys: set[str], reason: str) -> str:
+    return "held_out_duplicate" if key in held_keys else reason
 
 
 def apply_parse_filter(out: Path, parse_ok: ParseCheck) -> dict[str, object]:
@@ -222,7 +299,22 @@ def summarize(records: list[FileRecord], *, prism_checked: bool) -> dict[str, ob
             Counter(r.license for r in records if r.reason == "license").most_common()
         ),
         "sources": dict(sorted(Counter(r.source for r in kept).items())),
+        # Files and bytes per source kind ("debian", "dir", "app") and split.
+        "kinds": _kind_counts(kept),
+        "held_out": sorted({r.source for r in records if r.reason == HELD_OUT}),
     }
+
+
+def _kind_counts(kept: list[FileRecord]) -> dict[str, dict[str, dict[str, int]]]:
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for r in sorted(kept, key=lambda r: r.source_kind):
+        per_split = counts.setdefault(
+            r.source_kind, {split: {"files": 0, "bytes": 0} for split in SPLITS}
+        )
+        cell = per_split.setdefault(r.split, {"files": 0, "bytes": 0})
+        cell["files"] += 1
+        cell["bytes"] += r.bytes
+    return counts
 
 
 def _write_manifest(out: Path, records: list[FileRecord]) -> None:

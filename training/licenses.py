@@ -18,6 +18,7 @@ PERMISSIVE: frozenset[str] = frozenset(
     {
         "mit", "expat", "x11", "isc", "apache-2.0", "apache-2", "apache", "0bsd",
         "bsd-2-clause", "bsd-2", "bsd-3-clause", "bsd-3", "3c-bsd", "bsd", "bsd-2-clause-freebsd",
+        "bsd-2-clause-views",
         "ruby", "bsdl", "public-domain", "publicdomain", "cc0", "cc0-1.0", "zlib",
         "zlib/libpng", "unlicense", "wtfpl", "permissive", "allpermissions", "unicode",
         "psf-2.0", "python-2.0", "bsl-1.0", "mpl-2.0-no-copyleft-exception",
