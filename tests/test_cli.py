@@ -198,6 +198,20 @@ def test_serve_rejects_a_bad_tcp_address() -> None:
     assert done.returncode == 2 and "HOST:PORT" in done.stderr
 
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"processId": None, "rootUri": None, "capabilities": {}},
+}
+
+
+def frame(message: dict[str, object]) -> bytes:
+    """One JSON-RPC message with its Content-Length header, as on the wire."""
+    body = json.dumps(message).encode()
+    return f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -225,15 +239,7 @@ async def test_serve_over_tcp_answers_initialize(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
         else:
             pytest.fail("the server never listened")
-        body = json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {"processId": None, "rootUri": None, "capabilities": {}},
-            }
-        ).encode()
-        writer.write(f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        writer.write(frame(INITIALIZE))
         headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         length = int(headers.split(b"Content-Length:")[1].split(b"\r\n")[0])
         answer = json.loads(await reader.readexactly(length))
@@ -248,16 +254,7 @@ async def test_serve_over_tcp_answers_initialize(tmp_path: Path) -> None:
 
 def test_serve_accepts_the_flags_lsp_clients_add(tmp_path: Path) -> None:
     """vscode-languageclient runs `rubytailor serve --stdio --clientProcessId=N`."""
-    body = json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {"processId": None, "rootUri": None, "capabilities": {}},
-        }
-    ).encode()
-    exit_body = json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()
-    stdin = b"".join(f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in (body, exit_body))
+    stdin = frame(INITIALIZE) + frame({"jsonrpc": "2.0", "method": "exit"})
     done = subprocess.run(
         [*RUBYTAILOR, "serve", "--stdio", "--clientProcessId=4242"],
         input=stdin,
