@@ -7,6 +7,7 @@ from typing import Any
 from lsprotocol import types
 
 from rubytailor.lsp.suggestion import Suggestion
+from rubytailor.model.backends import adapter_of
 from rubytailor.protocol import StreamResult
 
 # Sorts before any letter or digit, so clients list the AI item first.
@@ -108,5 +109,5 @@ def stream_result(stream_id: Any, suggestion: Suggestion | None) -> StreamResult
         "confidence": result.confidence,
         "memory_share": result.memory_share,
         "model_id": result.model_id,
-        "adapter_id": "none",
+        "adapter_id": adapter_of(result.model_id),
     }

@@ -28,6 +28,7 @@ from rubytailor.lsp.diagnostics import RUBY_SUFFIXES, DiagnosticsPublisher
 from rubytailor.lsp.document_sync import DocumentSync
 from rubytailor.lsp.inflight import InFlight
 from rubytailor.lsp.jsonrpc import strict_scalars
+from rubytailor.lsp.personalization import Personalizer
 from rubytailor.lsp.snapshot import UTF16, Snapshot
 from rubytailor.lsp.worker import Worker
 from rubytailor.lsp.workspace_memory import WorkspaceMemory, tokenizer_encoder
@@ -140,6 +141,7 @@ class RubytailorServer(LanguageServer):
         # What the running memory was started for; "unset" until the first settings.
         self._memory_key: tuple[Any, ...] | str | None = "unset"
         self.memory_off_reason = "waiting for the client's settings"
+        self.personalizer = Personalizer(self)
 
     # -- documents ---------------------------------------------------------------------
 
@@ -207,8 +209,9 @@ class RubytailorServer(LanguageServer):
                 + " ".join(problems),
             )
         self.last_problems = problems
+        adapter_changed = self.personalizer.refresh()
         model_changed = settings.model_key != previous.model_key or self._model_loads == 0
-        if model_changed or self.completer.model_error is not None:
+        if model_changed or adapter_changed or self.completer.model_error is not None:
             # A model that failed to load gets another try whenever settings change.
             self.load_model()
         if settings.diagnostics != previous.diagnostics:
@@ -270,7 +273,9 @@ class RubytailorServer(LanguageServer):
         elif (encode := tokenizer_encoder(tokenizer.parent)) is None:
             self.memory_off_reason = f"the model has no tokenizer.json ({tokenizer.parent})"
         else:
-            memory = WorkspaceMemory(roots, encode, exclude=settings.exclude)
+            memory = WorkspaceMemory(
+                roots, encode, exclude=settings.exclude, on_file=self.personalizer.note_file
+            )
             memory.start()
             self.workspace_memory = memory
             self.completer.memory = memory.memory
@@ -296,13 +301,20 @@ class RubytailorServer(LanguageServer):
         return status
 
     def load_model(self) -> asyncio.Future[None]:
-        """(Re)load the model on the model thread; report a failure once per message."""
-        spec = model_spec(self.settings)
+        """(Re)load the model on the model thread; report a failure once per message.
+
+        Only the adapter changed (one was promoted or rolled back): a hot swap, the
+        current model serves until the new one is loaded and keeps serving if it fails.
+        """
+        spec = model_spec(self.settings, self.personalizer.adapter_path)
         self._model_loads += 1
         # Work for the previous model is moot; stop it within a token.
         self.inflight.cancel_all()
 
         def job() -> None:
+            if self.completer.swappable(spec):
+                self.completer.swap(spec)
+                return
             if self.completer.reconfigure(spec):
                 logger.info("model set to %s %s", spec.backend, spec.path)
             self.completer.load(retry=True)
@@ -336,6 +348,7 @@ class RubytailorServer(LanguageServer):
             self.settings_ready.set()
 
     def shutdown(self) -> None:
+        self.personalizer.stop()
         if self.workspace_memory is not None:
             self.workspace_memory.stop()
         self.inflight.cancel_all()
@@ -353,11 +366,12 @@ def _file_stamp(path: Path) -> tuple[int, int] | None:
     return (st.st_size, st.st_mtime_ns)
 
 
-def model_spec(settings: Settings) -> ModelSpec:
+def model_spec(settings: Settings, adapter: Path | None = None) -> ModelSpec:
     return ModelSpec(
         backend=settings.backend,
         path=Path(settings.model_path).expanduser(),
         threads=settings.threads,
+        adapter=adapter,
     )
 
 

@@ -22,6 +22,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from rubytailor.errors import DocumentError
 from rubytailor.lsp.snapshot import Snapshot
+from rubytailor.model.backends import adapter_of
 from rubytailor.model.pipeline import CompletionRequest, CompletionResult
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ def _log_result(
     request_log.info(
         "%s uri=%s version=%s prompt_tokens=%d reused_tokens=%d generated_tokens=%d "
         "ttft_ms=%.1f gen_ms=%.1f total_ms=%.1f verdict=%s source=%s stop=%s chars=%d "
-        "confidence=%s memory_share=%.2f memory=%s adapter=none model=%s",
+        "confidence=%s memory_share=%.2f memory=%s adapter=%s model=%s",
         method,
         uri,
         version,
@@ -188,5 +189,6 @@ def _log_result(
         "-" if result.confidence is None else f"{result.confidence:.3f}",
         result.memory_share,
         memory_state,
+        adapter_of(result.model_id),
         result.model_id,
     )

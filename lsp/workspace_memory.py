@@ -44,6 +44,21 @@ def tokenizer_encoder(model_dir: Path) -> Callable[[str], list[int]] | None:
     return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
 
 
+def memory_of(model_dir: Path, files: Sequence[tuple[str, str]]) -> ProjectMemory:
+    """A fixed index of ``files`` (key, text), tokenized as the server does (eval, the
+    personalization gate); raises ModelError when the model has no usable tokenizer."""
+    from rubytailor.errors import ModelError
+
+    encode = tokenizer_encoder(model_dir)
+    if encode is None:
+        raise ModelError(f"{model_dir} has no usable tokenizer.json for project memory")
+    index = WorkspaceIndex(encode)
+    index.update_many({name: encode(text) for name, text in files})
+    stats = index.stats()
+    logger.info("project memory: %d files, %d tokens", stats.files, stats.tokens)
+    return ProjectMemory(index)
+
+
 class WorkspaceMemory:
     """Watcher + index for the workspace folders. Methods may be called from any thread."""
 
@@ -54,8 +69,11 @@ class WorkspaceMemory:
         *,
         exclude: Sequence[str] = (),
         limits: FileLimits | None = None,
+        on_file: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self._encode = encode
+        # Also told of every file (the personalization scheduler counts changed code).
+        self._on_file = on_file
         self.index = WorkspaceIndex(encode)
         self.memory = ProjectMemory(self.index)
         self._lock = threading.Lock()
@@ -113,6 +131,8 @@ class WorkspaceMemory:
 
     def _on_event(self, event: FileEvent) -> None:  # on the watcher's thread
         key = str(event.path)
+        if self._on_file is not None:
+            self._on_file(key, event.text)
         # int32 at once: a list of Python ints costs ~36 bytes a token, the array 4.
         ids = None if event.text is None else np.asarray(self._encode(event.text), np.int32)
         with self._lock:

@@ -45,6 +45,8 @@ class ModelSpec:
     backend: str
     path: Path
     threads: int | None = None
+    # A personalization adapter version directory (personalization/registry.py), or None.
+    adapter: Path | None = None
 
 
 class Completer:
@@ -108,6 +110,29 @@ class Completer:
         self._cache.clear()
         return True
 
+    def swappable(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` differs from the loaded model only in its adapter."""
+        return (
+            self._backend is not None
+            and spec != self._spec
+            and replace(spec, adapter=None) == replace(self._spec, adapter=None)
+        )
+
+    def swap(self, spec: ModelSpec) -> bool:
+        """Load ``spec`` beside the current model and switch only once it has loaded; on
+        failure the current model keeps serving. Returns whether it switched."""
+        started = time.perf_counter()
+        extra = {} if spec.adapter is None else {"adapter": spec.adapter}
+        try:
+            backend = self._backend_loader(spec.backend, spec.path, threads=spec.threads, **extra)
+        except RubytailorError as exc:
+            logger.warning("adapter not swapped in, the current model keeps serving: %s", exc)
+            return False
+        self._spec, self._backend, self._model_error = spec, backend, None
+        self._cache.clear()  # the previous model's suggestions are not this one's
+        logger.info("swapped in %s in %.0f ms", self.model_id, _ms_since(started))
+        return True
+
     def load(self, *, retry: bool = False) -> None:
         """Load the model and Prism if not done yet; failures are recorded, not raised.
 
@@ -116,9 +141,11 @@ class Completer:
         due = retry or time.monotonic() - self._failed_at > RETRY_LOAD_AFTER_S
         if self._backend is None and (self._model_error is None or due):
             started = time.perf_counter()
+            # Only with an adapter, so loaders that know nothing of adapters keep working.
+            extra = {} if self._spec.adapter is None else {"adapter": self._spec.adapter}
             try:
                 self._backend = self._backend_loader(
-                    self._spec.backend, self._spec.path, threads=self._spec.threads
+                    self._spec.backend, self._spec.path, threads=self._spec.threads, **extra
                 )
             except RubytailorError as exc:
                 # ConfigError (unknown backend) reads the same to a user: no model.

@@ -42,6 +42,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("train", "rubytailor.training.cli_train"),
     ("export", "rubytailor.training.cli_eval:add_export_parser"),
     ("eval", "rubytailor.training.cli_eval:add_eval_parser"),
+    ("personalize", "rubytailor.personalization.cli"),
 ]
 
 BACKENDS = typing.get_args(BackendKind)

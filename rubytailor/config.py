@@ -66,6 +66,16 @@ class Settings:
     # Rails apps with project memory: 41-44 % of cases shown, 44-59 % of those exactly
     # right (README "Project memory and the confidence gate").
     min_confidence: float = field(default=0.4, metadata={"min": 0.0, "max": 1.0})
+    # Per-project LoRA adapters trained in the background (lsp/personalization.py): when
+    # at least this much code (KB of files touched) is new since the last run, not more
+    # often than the interval, and only after this many seconds without typing.
+    personalization: bool = True
+    personalization_min_changed_kb: int = field(default=20, metadata={"min": 0, "max": 1_000_000})
+    personalization_interval_hours: float = field(default=6.0, metadata={"min": 0.0, "max": 8760.0})
+    personalization_idle_seconds: float = field(
+        default=120.0, metadata={"min": 0.0, "max": 86400.0}
+    )
+    personalization_budget_minutes: float = field(default=8.0, metadata={"min": 0.1, "max": 1440.0})
 
     @property
     def model_key(self) -> tuple[str, str, int | None]:

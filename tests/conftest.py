@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Nothing the tests run (servers too: they inherit the environment) writes into the real
+# per-user data directory, where personalization keeps project state and adapters.
+os.environ["RUBYTAILOR_DATA_DIR"] = tempfile.mkdtemp(prefix="rubytailor-test-data-")
 
 
 @pytest.fixture(scope="session")

@@ -204,17 +204,9 @@ def _project_memory(args: argparse.Namespace, files: list[tuple[str, str]]) -> P
     """The project's files in a workspace index, tokenized as the server does."""
     if getattr(args, "project", None) is None:
         return None
-    from rubytailor.lsp.workspace_memory import tokenizer_encoder
-    from rubytailor.model.project_memory import ProjectMemory, WorkspaceIndex
+    from rubytailor.lsp.workspace_memory import memory_of
 
-    encode = tokenizer_encoder(args.model)
-    if encode is None:
-        raise RubytailorError(f"{args.model} has no usable tokenizer.json for project memory")
-    index = WorkspaceIndex(encode)
-    index.update_many({name: encode(text) for name, text in files})
-    stats = index.stats()
-    log.info("project memory: %d files, %d tokens", stats.files, stats.tokens)
-    return ProjectMemory(index)
+    return memory_of(args.model, files)
 
 
 def _load_prism() -> Prism | None:

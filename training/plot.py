@@ -7,6 +7,7 @@ Deliberately small: axes box, light grid, one or two series (train, validation),
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 import zlib
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ def write_loss_png(
     """Draw each (points, color) as a polyline scaled to the common x/y range; write PNG."""
     pixels = bytearray(b"\xff" * (width * height * 3))
     margin = 20
+    # A diverged or empty evaluation (NaN, inf) has no place on the plot.
+    series = [([p for p in points if math.isfinite(p[0] + p[1])], c) for points, c in series]
     all_points = [p for points, _ in series for p in points]
     if all_points:
         xs = [x for x, _ in all_points]

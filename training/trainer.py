@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -62,6 +63,8 @@ class TrainConfig:
     init_from: Path | None = None  # a local HF model directory to continue training
     lora_r: int = 0  # > 0: train a LoRA adapter of this rank instead of all weights
     lora_alpha: int = 16
+    # peft's target_modules: "all-linear", or module names separated by commas ("c_attn,c_proj").
+    lora_targets: str = "all-linear"
     seq_len: int = 256
     batch_size: int = 16  # per rank, per optimizer step
     lr: float = 1e-3
@@ -152,10 +155,11 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
+        targets = config.lora_targets
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
-            target_modules="all-linear",
+            target_modules=targets if targets == "all-linear" else targets.split(","),
             lora_dropout=0.0,
             task_type="CAUSAL_LM",
         )
@@ -169,8 +173,15 @@ def _loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
 
 
-def train(config: TrainConfig) -> TrainState:
-    """Train (or resume) the run in ``config.run_dir``; returns the final state."""
+ProgressHook = Callable[[dict[str, float]], bool | None]
+
+
+def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainState:
+    """Train (or resume) the run in ``config.run_dir``; returns the final state.
+
+    ``on_record`` sees every logged record (step, loss, tok/s, ...) and every validation
+    record; returning True stops the run after a checkpoint (a memory bound, a pause).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if config.threads > 0:
@@ -182,6 +193,9 @@ def train(config: TrainConfig) -> TrainState:
     train_tokens = load_tokens(config.data_dir / "train.bin")
     val_path = config.data_dir / "validation.bin"
     val_tokens = load_tokens(val_path) if val_path.is_file() else None
+    if val_tokens is not None and len(val_tokens) <= config.seq_len:
+        log.warning("%s is shorter than one window; no validation loss", val_path)
+        val_tokens = None
     n_windows = (len(train_tokens) - 1) // config.seq_len
     if n_windows < 1:
         raise ConfigError(f"{config.data_dir}/train.bin is shorter than one window.")
@@ -282,12 +296,17 @@ def train(config: TrainConfig) -> TrainState:
                 state.elapsed_s / 60,
             )
             _append_metrics(config.run_dir, record)
+            if on_record is not None and on_record(record):
+                log.info("stopped at step %d on request", state.step)
+                break
         if is_main and val_tokens is not None and state.step % config.eval_every == 0:
             val = evaluate_loss(model, val_tokens, config, device)
             val_record = {"step": state.step, "tokens": state.tokens_seen, "val_loss": val}
             state.history.append(val_record)
             _append_metrics(config.run_dir, val_record)
             log.info("step %d validation loss %.4f", state.step, val)
+            if on_record is not None:
+                on_record(val_record)
             model.train()
         if is_main and time.monotonic() - last_ckpt >= config.checkpoint_minutes * 60:
             state.elapsed_s = elapsed_before + time.monotonic() - session_start

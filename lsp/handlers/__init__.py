@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 def register_all(server: RubytailorServer) -> None:
     from rubytailor.lsp.handlers import (
+        commands,
         completion,
         documents,
         inline_completion,
@@ -27,5 +28,6 @@ def register_all(server: RubytailorServer) -> None:
         completion,
         inline_stream,
         status,
+        commands,
     ):
         module.register(server)

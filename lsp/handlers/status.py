@@ -37,6 +37,8 @@ async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
         "backend_counters": counters,
         # off (with a reason), scanning, building or ready; files and tokens indexed.
         "project_memory": ls.memory_status(),
+        # The adapter served (its name is also in model_id) and the background trainer.
+        "personalization": ls.personalizer.status(),
     }
 
 

@@ -1,4 +1,4 @@
-"""workspace/didChangeWorkspaceFolders: the project memory follows the folders.
+"""workspace/didChangeWorkspaceFolders: project memory and personalization follow the folders.
 
 pygls updates its workspace first; this handler then lets the server add or drop the
 folders in the project memory.
@@ -15,6 +15,8 @@ def did_change_workspace_folders(
     ls: RubytailorServer, params: types.DidChangeWorkspaceFoldersParams
 ) -> None:
     ls.refresh_project_memory()
+    if ls.personalizer.refresh():
+        ls.load_model()
 
 
 def register(server: RubytailorServer) -> None:

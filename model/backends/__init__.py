@@ -71,33 +71,68 @@ class ModelMetadata:
             ) from exc
 
 
-def load_backend(kind: str, model_path: Path, *, threads: int | None = None) -> Backend:
+def load_backend(
+    kind: str, model_path: Path, *, threads: int | None = None, adapter: Path | None = None
+) -> Backend:
     """Load the backend ``kind``; for "fake", ``model_path`` is its JSON script.
 
     "auto" picks ctransformers (GGML, several times faster on a CPU) for models it can
     run, StarCoder-architecture ones with ctransformers installed, else transformers.
+
+    ``adapter`` is a personalization adapter version (``personalization/registry.py``):
+    transformers applies its LoRA weights (peft) to the base model and merges them;
+    ctransformers runs the version's merged copy of the model (converted to GGML once,
+    cached by its weights). Either way the backend's id names the adapter.
     """
     if kind == "auto":
         kind = auto_backend_kind(Path(model_path))
         if kind == "ctransformers":
             try:
-                return load_backend(kind, model_path, threads=threads)
+                return load_backend(kind, model_path, threads=threads, adapter=adapter)
             except Exception as exc:  # any failure here: the slower backend may still work
                 log.warning("ctransformers cannot run %s (%s); using transformers", model_path, exc)
                 kind = "transformers"
     if kind == "ctransformers":
         from rubytailor.model.backends.ctransformers_backend import CTransformersBackend
 
-        return CTransformersBackend.load(Path(model_path), threads=threads)
+        if adapter is None:
+            return CTransformersBackend.load(Path(model_path), threads=threads)
+        backend = CTransformersBackend.load(Path(adapter) / MERGED_DIR, threads=threads)
+        backend.model_id = adapted_model_id(Path(model_path), Path(adapter))
+        return backend
     if kind == "transformers":
         from rubytailor.model.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend.load(Path(model_path), threads=threads)
+        return TransformersBackend.load(Path(model_path), threads=threads, adapter=adapter)
     if kind == "fake":
         from rubytailor.model.backends.fake import FakeBackend
 
         return FakeBackend.from_file(Path(model_path))
     raise ConfigError(f"unknown backend {kind!r}; choose one of: {', '.join(BACKEND_KINDS)}")
+
+
+# Inside an adapter version directory: peft's adapter files, and the base model with the
+# adapter merged in (a complete model directory, for backends that cannot apply LoRA).
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+
+
+def adapter_label(adapter: Path) -> str:
+    """A short name, "<project>/<version>", for the adapter version directory
+    .../projects/<project>-<hash>/adapters/<version>."""
+    project = adapter.parent.parent.name.rsplit("-", 1)[0]
+    return f"{project}/{adapter.name}"
+
+
+def adapter_of(model_id: str) -> str:
+    """The adapter named in a backend's id ("none" without one), for logs and responses."""
+    return model_id.partition("+")[2] or "none"
+
+
+def adapted_model_id(model_dir: Path, adapter: Path) -> str:
+    from rubytailor.model.backends.model_dir import model_id
+
+    return f"{model_id(model_dir)}+{adapter_label(adapter)}"
 
 
 def auto_backend_kind(model_dir: Path) -> str:

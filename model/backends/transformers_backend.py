@@ -32,6 +32,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from rubytailor.errors import ModelError
+from rubytailor.model.backends import ADAPTER_DIR, adapted_model_id
 from rubytailor.model.backends.model_dir import check_model_dir, fim_settings, model_id
 from rubytailor.model.backends.token_loop import TokenLoopBackend, id_set, leading_ids
 from rubytailor.model.fim import FimFormat
@@ -72,8 +73,11 @@ class TransformersBackend(TokenLoopBackend):
         self._cache: Any = None  # DynamicCache of the previous call
 
     @classmethod
-    def load(cls, model_dir: Path, *, threads: int | None = None) -> TransformersBackend:
-        """Load a local model directory; raises ModelError saying what to fix."""
+    def load(
+        cls, model_dir: Path, *, threads: int | None = None, adapter: Path | None = None
+    ) -> TransformersBackend:
+        """Load a local model directory, with a personalization adapter version's LoRA
+        weights merged in when ``adapter`` is given; raises ModelError saying what to fix."""
         model_dir = Path(model_dir).expanduser()
         check_model_dir(model_dir)
         if threads:
@@ -110,6 +114,8 @@ class TransformersBackend(TokenLoopBackend):
                 f"cannot load the model weights in {model_dir} ({exc}); the files may be "
                 "incomplete or corrupt: re-copy or rebuild the model directory"
             ) from exc
+        if adapter is not None:
+            model = _merge_adapter(model, Path(adapter) / ADAPTER_DIR)
         model.to(device)  # type: ignore[arg-type]  # transformers types `to` oddly
         model.eval()
 
@@ -123,7 +129,9 @@ class TransformersBackend(TokenLoopBackend):
             fim=fim,
             fim_order=order,
             context_length=context_length,
-            model_id=model_id(model_dir),
+            model_id=model_id(model_dir)
+            if adapter is None
+            else adapted_model_id(model_dir, Path(adapter)),
         )
         log.info(
             "loaded %s (%s, %s/%s, context %d, %.1fM params, %s) in %.2fs",
@@ -191,3 +199,19 @@ def _leading_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         tokenizer.encode("def", add_special_tokens=False),
         tokenizer.encode("def", add_special_tokens=True),
     )
+
+
+def _merge_adapter(model: Any, adapter_dir: Path) -> Any:
+    """The model with the LoRA adapter in ``adapter_dir`` merged into its weights (no
+    per-token cost for the adapter)."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        return peft_model.merge_and_unload()
+    except Exception as exc:
+        raise ModelError(
+            f"cannot apply the adapter in {adapter_dir} ({exc}); it may be incomplete or "
+            "made for another model: roll it back with `rubytailor personalize PROJECT "
+            "--rollback`"
+        ) from exc
