@@ -126,13 +126,16 @@ class Editor:
 
         return self.wait_for(f"ghost text {text!r} at {at}", probe)
 
+    def messages(self) -> str:
+        return str(self.nvim.command_output("messages"))
+
     def describe(self) -> str:
         log = self.log_dir / "nvim" / "lsp.log"
         log_tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no lsp.log)"
         return (
             f"mode={self.mode()} cursor={self.cursor()} lines={self.lines()!r}\n"
             f"ghosts={self.ghosts()!r}\n"
-            f"messages={self.nvim.command_output('messages')!r}\n"
+            f"messages={self.messages()!r}\n"
             f"lsp.log tail:\n{log_tail}"
         )
 
@@ -249,7 +252,7 @@ def test_streamed_suggestion_shows_as_ghost_text_and_tab_accepts_it(editor: Edit
     assert editor.cursor() == (2, len("  total.round(2)"))
     assert editor.mode() == "i"
     # The server took the plugin's settings without complaint (it would say so here).
-    assert "rubytailor" not in editor.nvim.command_output("messages")
+    assert "rubytailor" not in editor.messages()
 
 
 def test_typing_the_suggestion_keeps_it_and_accept_line_takes_one_line(editor: Editor) -> None:
@@ -362,3 +365,26 @@ def test_leaving_a_stream_cancels_it_so_the_next_file_does_not_wait(slow_editor:
     # One model serves both files, one stream at a time: without the cancel sent when
     # the user left cart.rb, this would wait for its remaining 2.5 s or so of generation.
     assert time.monotonic() - typed_at < 1.5
+
+
+def test_personalization_commands_ask_the_server(editor: Editor) -> None:
+    commands = editor.nvim.api.get_commands({})
+    for name in (
+        "RubytailorPersonalize",
+        "RubytailorPersonalizationPause",
+        "RubytailorPersonalizationResume",
+        "RubytailorPersonalizationRollback",
+        "RubytailorPersonalizationStatus",
+    ):
+        assert name in commands
+
+    editor.nvim.command("RubytailorPersonalizationStatus")
+
+    # The answer (workspace/executeCommand) comes back asynchronously, into :messages.
+    # The project (the test's directory) has no adapter and far too little changed code.
+    def answer() -> str | None:
+        found = re.search(r"rubytailor: personalization: .*", editor.messages())
+        return found[0] if found else None
+
+    text = editor.wait_for("the status answer", answer)
+    assert text.startswith("rubytailor: personalization: no adapter yet; waiting for "), text

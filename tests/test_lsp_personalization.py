@@ -49,24 +49,30 @@ async def _command(client: Any, name: str) -> Any:
     )
 
 
+@pytest.mark.parametrize("backend", ["transformers", "ctransformers"])
 async def test_a_promoted_adapter_is_swapped_in_and_rolled_back(
-    tiny_model_dir: Path, tmp_path: Path
+    backend: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # transformers applies the peft adapter; ctransformers runs the merged copy in GGML.
+    if backend == "ctransformers":
+        pytest.importorskip("ctransformers")
+    monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(tmp_path / "cache"))
     project = tmp_path / "shop"
     (project / "app").mkdir(parents=True)
     uri = (project / "app" / "invoice.rb").as_uri()
     version = commit_random_adapter(tiny_model_dir, project)
-    settings = {**SETTINGS, "modelPath": str(tiny_model_dir)}
+    settings = {**SETTINGS, "backend": backend, "modelPath": str(tiny_model_dir)}
     async with session(settings, root=project) as client:
         open_doc(client, uri, DOC)
         status = await _model_id_becomes(client, lambda mid: mid != "none")
-        assert "+" not in status["model_id"]
+        assert "+" not in status["model_id"] and status["backend"] == backend
         assert status["personalization"]["adapter"] is None
         base, _ = await stream(client, uri, 2, len(DOC.splitlines()[2]))
 
         AdapterRegistry(ProjectState.for_project(project)).promote(version.name)
         status = await _model_id_becomes(client, lambda mid: mid.endswith("/v0001"))
         assert status["model_id"].endswith("+shop/v0001"), status["model_id"]
+        assert status["backend"] == backend
         assert status["personalization"]["adapter"] == "v0001"
         adapted, _ = await stream(client, uri, 2, len(DOC.splitlines()[2]))
         assert adapted["text"] != base["text"]

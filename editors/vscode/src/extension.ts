@@ -4,7 +4,9 @@
 // vscode-languageclient does the LSP plumbing (document sync, the one AI completion
 // item, Prism diagnostics). Ghost text comes from streaming.ts, which uses the
 // server's rubytailor/inlineStream instead of the client's built-in (non-streaming)
-// inline completion. The status bar item and the commands live here.
+// inline completion. The status bar item and the commands live here, except the
+// personalization commands: the client registers those from the server's
+// executeCommandProvider, and the middleware below shows their answers.
 
 import * as vscode from "vscode";
 import {
@@ -37,10 +39,23 @@ export const SERVER_SETTINGS = [
   "projectMemory",
   "exclude",
   "minConfidence",
+  "personalization",
+  "personalizationMinChangedKb",
+  "personalizationIntervalHours",
+  "personalizationIdleSeconds",
+  "personalizationBudgetMinutes",
 ] as const;
 
 // Settings that only change how the server process is started.
 const LAUNCH_SETTINGS = ["serverCommand", "serverArgs"] as const;
+
+interface Personalization {
+  state?: string;
+  reason?: string;
+  adapter?: string | null;
+  scheduler?: { why_not?: string };
+  last_message?: string;
+}
 
 interface ServerStatus {
   model_id?: string | null;
@@ -48,7 +63,14 @@ interface ServerStatus {
   model_error?: string | null;
   prism_error?: string | null;
   project_memory?: { state?: string; reason?: string; files?: number; tokens?: number };
+  personalization?: Personalization;
   [key: string]: unknown;
+}
+
+// What every rubytailor.personalize* command answers.
+interface CommandAnswer {
+  message?: string;
+  status?: Personalization;
 }
 
 let client: LanguageClient | undefined;
@@ -87,6 +109,19 @@ export function serverSettings(scope?: vscode.Uri): Record<string, unknown> {
     settings[key] = value;
   }
   return settings;
+}
+
+/** The adapter served and what the scheduler waits for, in one line. */
+function personalizationText(p: Personalization | undefined): string {
+  if (p === undefined) {
+    return "?";
+  }
+  if (p.state === "off") {
+    return `off${p.reason ? ` (${p.reason})` : ""}`;
+  }
+  const adapter = p.adapter ? `adapter ${p.adapter}` : "no adapter yet";
+  // why_not is empty exactly when a run is due.
+  return `${adapter}; ${p.scheduler?.why_not || "a run is due"}`;
 }
 
 function launch(): { command: string; args: string[] } {
@@ -143,6 +178,22 @@ async function startClient(context: vscode.ExtensionContext): Promise<void> {
       stderr: (input, channel) => pipeServerLog(input, channel),
     },
     middleware: {
+      // The personalization commands: say what the server answered, and refresh the
+      // status bar (pause, resume and rollback change what it shows).
+      executeCommand: async (command, args, next) => {
+        const answer: unknown = await next(command, args);
+        if (typeof answer === "object" && answer !== null) {
+          const { message, status } = answer as CommandAnswer;
+          // The status command answers no message: the status is its answer.
+          const text =
+            message ||
+            `personalization: ${personalizationText(status)}` +
+              (status?.last_message ? `; last run: ${status.last_message}` : "");
+          void vscode.window.showInformationMessage(`rubytailor: ${text}`);
+          void requestStatus();
+        }
+        return answer;
+      },
       // Ghost text comes from the streaming provider; the client's own inline
       // completion would ask the model a second time for every keystroke.
       provideInlineCompletionItems: () => undefined,
@@ -301,6 +352,7 @@ function updateStatusItem(): void {
     `- Model: ${lastStatus?.model_id ?? "?"}${lastStatus?.model_error ? ` (error: ${lastStatus.model_error})` : ""}`,
     `- Backend: ${lastStatus?.backend ?? "?"}`,
     `- Project memory: ${memoryText}`,
+    `- Personalization: ${personalizationText(lastStatus?.personalization)}`,
     `- Last suggestion: ${latency !== undefined ? `${Math.round(latency)} ms` : "none yet"}`,
     "",
     "Click for the server's full status.",

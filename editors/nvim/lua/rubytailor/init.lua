@@ -5,6 +5,9 @@
 --     cmd = { "rubytailor", "serve" },
 --     settings = { backend = "auto", maxLines = 8 },
 --   })
+--
+-- :RubytailorPersonalize and :RubytailorPersonalization{Pause,Resume,Rollback,Status}
+-- run the server's personalization commands and echo their answers.
 
 local suggestion = require("rubytailor.suggestion")
 local ghost = require("rubytailor.ghost")
@@ -13,6 +16,17 @@ local M = {}
 
 ---@type rubytailor.Config|nil
 M.config = nil
+
+local HAS_011 = vim.fn.has("nvim-0.11") == 1
+
+-- The server's personalization commands (workspace/executeCommand) as user commands.
+local COMMANDS = {
+  RubytailorPersonalize = "rubytailor.personalize",
+  RubytailorPersonalizationPause = "rubytailor.personalization.pause",
+  RubytailorPersonalizationResume = "rubytailor.personalization.resume",
+  RubytailorPersonalizationRollback = "rubytailor.personalization.rollback",
+  RubytailorPersonalizationStatus = "rubytailor.personalization.status",
+}
 
 local group = nil ---@type integer|nil
 -- Bumped by every setup(), which clears the autocmds: buffers then need wiring again.
@@ -63,6 +77,55 @@ function M.toggle(on)
   M.config.ghost_text = on
   if not on then
     suggestion.dismiss()
+  end
+end
+
+-- The status in one line, for the status command (which answers no message).
+local function describe_personalization(p)
+  if type(p) ~= "table" then
+    return "personalization: ?"
+  end
+  if p.state == "off" then
+    local reason = type(p.reason) == "string" and p.reason ~= "" and (" (" .. p.reason .. ")")
+    return "personalization: off" .. (reason or "")
+  end
+  local adapter = type(p.adapter) == "string" and ("adapter " .. p.adapter) or "no adapter yet"
+  -- why_not is empty exactly when a run is due.
+  local why = type(p.scheduler) == "table" and p.scheduler.why_not
+  why = type(why) == "string" and why ~= "" and why or "a run is due"
+  local text = ("personalization: %s; %s"):format(adapter, why)
+  if type(p.last_message) == "string" and p.last_message ~= "" then
+    text = text .. "; last run: " .. p.last_message
+  end
+  return text
+end
+
+---Run one of the server's commands (workspace/executeCommand) and show its answer.
+---@param command string  e.g. "rubytailor.personalization.status"
+function M.execute(command)
+  local buf = vim.api.nvim_get_current_buf()
+  -- The current buffer's server, else any (there is one per project root).
+  local client = vim.lsp.get_clients({ bufnr = buf, name = "rubytailor" })[1]
+    or vim.lsp.get_clients({ name = "rubytailor" })[1]
+  if not client then
+    vim.notify("rubytailor: the server is not running", vim.log.levels.WARN)
+    return
+  end
+  local function on_result(err, result)
+    if err then
+      vim.notify(("rubytailor: %s failed: %s"):format(command, err.message), vim.log.levels.ERROR)
+      return
+    end
+    result = type(result) == "table" and result or {}
+    local message = type(result.message) == "string" and result.message ~= "" and result.message
+      or describe_personalization(result.status)
+    vim.notify("rubytailor: " .. message, vim.log.levels.INFO)
+  end
+  local params = { command = command }
+  if HAS_011 then
+    client:request("workspace/executeCommand", params, on_result, buf)
+  else
+    client.request("workspace/executeCommand", params, on_result, buf) ---@diagnostic disable-line
   end
 end
 
@@ -180,6 +243,12 @@ function M.setup(opts)
   M.config = require("rubytailor.config").resolve(opts)
   suggestion.configure(M.config)
   vim.api.nvim_set_hl(0, M.config.hl_group, { link = "Comment", default = true })
+
+  for name, command in pairs(COMMANDS) do
+    vim.api.nvim_create_user_command(name, function()
+      M.execute(command)
+    end, { nargs = 0, desc = "rubytailor: the server's " .. command })
+  end
 
   group = vim.api.nvim_create_augroup("rubytailor", { clear = true })
   generation = generation + 1
