@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-targets", default=d.lora_targets)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--rehearsal-share", type=float, default=d.rehearsal_share)
+    p.add_argument("--fim-rate", type=float, default=d.fim.fim_rate)
+    p.add_argument("--line-middle-rate", type=float, default=d.fim.line_middle_rate)
     p.add_argument("--cases", type=int, default=300, help="held-out project cases")
     p.add_argument(
         "--base-cases", type=int, default=GateConfig().base_cases, help="base-Ruby cases"
@@ -144,6 +147,10 @@ def _personalize(root: Path, args: argparse.Namespace) -> int:
         lora_r=args.lora_r,
         lora_targets=args.lora_targets,
         lr=args.lr,
+        rehearsal_share=args.rehearsal_share,
+        fim=replace(
+            AdapterConfig().fim, fim_rate=args.fim_rate, line_middle_rate=args.line_middle_rate
+        ),
     )
     options = JobOptions(
         model_dir=(args.model or paths.default_model_dir()).expanduser(),

@@ -113,7 +113,10 @@ async def test_the_personalize_command_trains_in_the_background_with_progress(
     # A little general Ruby for the gate's base-Ruby check (the trainer inherits this).
     base = tmp_path / "base"
     base.mkdir()
-    (base / "lib.rb").write_text("".join(f"def f{n}(x)\n  x + {n}\nend\n" for n in range(20)))
+    for f in range(6):
+        (base / f"lib{f}.rb").write_text(
+            "".join(f"def f{n}(x)\n  x + {n}\nend\n" for n in range(9))
+        )
     monkeypatch.setenv("RUBYTAILOR_BASE_CORPUS", str(base))
     project = tmp_path / "books"
     (project / "app").mkdir(parents=True)

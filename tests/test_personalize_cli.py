@@ -93,9 +93,12 @@ def _command(project: Path, model: Path, base: Path, *extra: str) -> list[str]:
 def base_corpus(tmp_path: Path) -> Path:
     base = tmp_path / "base"
     base.mkdir()
-    (base / "lib.rb").write_text(
-        "".join(f"def helper_{n}(x)\n  x * {n}\nend\n" for n in range(30)), encoding="utf-8"
-    )
+    # Several files: half (by name) are checked by the gate, half rehearsed in training.
+    for f in range(8):
+        (base / f"lib{f}.rb").write_text(
+            "".join(f"def helper_{f}_{n}(x)\n  x * {n}\nend\n" for n in range(8)),
+            encoding="utf-8",
+        )
     return base
 
 
