@@ -75,7 +75,9 @@ class Settings:
     personalization_idle_seconds: float = field(
         default=120.0, metadata={"min": 0.0, "max": 86400.0}
     )
-    personalization_budget_minutes: float = field(default=8.0, metadata={"min": 0.1, "max": 1440.0})
+    personalization_budget_minutes: float = field(
+        default=8.0, metadata={"min": 0.01, "max": 1440.0}
+    )
 
     @property
     def model_key(self) -> tuple[str, str, int | None]:

@@ -144,7 +144,7 @@ async def test_the_personalize_command_trains_in_the_background_with_progress(
             await asyncio.sleep(1)
         assert status["last_message"].startswith("done:"), status
         reports = [r for rs in client.progress_reports.values() for r in rs]
-        kinds = [plain(r)["kind"] for r in reports]
+        kinds = [r.kind for r in reports]
         assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
-        messages = " ".join(plain(r).get("message") or "" for r in reports)
+        messages = " ".join(r.message or "" for r in reports)
         assert "tokens/s" in messages and "gate" in messages
