@@ -77,7 +77,9 @@ class Personalizer:
             )
         )
         roots = self._server.workspace_roots()
-        root = roots[0].resolve() if roots and settings.personalization else None
+        # The scripted test backend has no weights to adapt.
+        enabled = settings.personalization and settings.backend != "fake"
+        root = roots[0].resolve() if roots and enabled else None
         if root != self.root:
             self._stop_trainer()
             self.root = root
@@ -95,6 +97,8 @@ class Personalizer:
                     self._trained_hashes = _trained_hashes(self.state)
         if not settings.personalization:
             self.off_reason = "personalization is false"
+        elif settings.backend == "fake":
+            self.off_reason = "the fake backend has no weights to adapt"
         elif self.root is None and not roots:
             self.off_reason = "no workspace folder"
         elif self.root is not None:
@@ -224,15 +228,32 @@ class Personalizer:
             await self.train()
 
     async def train(self) -> int:
-        """One background run; returns its exit code."""
+        """One background run; returns its exit code (-1: it could not start)."""
         assert self.root is not None and self.state is not None
-        root, state = self.root, self.state
-        settings = self._server.settings
         self.scheduler.started()
         with self._dirty_lock:
             self._dirty.clear()
         token = f"rubytailor-personalize-{int(time.time() * 1000)}"
         progress = await self._progress_begin(token)
+        code = -1
+        try:
+            code = await self._run_trainer(self.root, self.state, token if progress else None)
+        except OSError as exc:
+            self.last_message = f"could not start the trainer: {exc}"
+            logger.warning("personalization: %s", self.last_message)
+        finally:
+            self._proc = None
+            self.scheduler.finished(code == 0)
+            if progress:
+                self._server.work_done_progress.end(
+                    token, types.WorkDoneProgressEnd(message=self.last_message[:200])
+                )
+        self._trained_hashes = _trained_hashes(self.state)
+        self.check_adapter()
+        return code
+
+    async def _run_trainer(self, root: Path, state: ProjectState, token: str | None) -> int:
+        settings = self._server.settings
         command = [
             sys.executable,
             "-m",
@@ -242,6 +263,8 @@ class Personalizer:
             "--json-progress",
             "--model",
             str(Path(settings.model_path).expanduser()),
+            "--backend",
+            settings.backend,
             "--budget-minutes",
             str(settings.personalization_budget_minutes),
             "--threads",
@@ -260,18 +283,10 @@ class Personalizer:
             )
             assert self._proc.stdout is not None
             async for line in self._proc.stdout:
-                self._on_event(line, token if progress else None)
+                self._on_event(line, token)
             code = await self._proc.wait()
-        self._proc = None
-        self.scheduler.finished(code == 0)
         if code != 0:
             self.last_message = f"training stopped (exit {code}); see {log_path}"
-        self._trained_hashes = _trained_hashes(state)
-        if progress:
-            self._server.work_done_progress.end(
-                token, types.WorkDoneProgressEnd(message=self.last_message)
-            )
-        self.check_adapter()
         return code
 
     def _on_event(self, line: bytes, token: str | None) -> None:
