@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from rubytailor.personalization.file_filters import (
     content_drop_reason,
     iter_project_files,
 )
-from rubytailor.training.eval_cases import MIN_REST_CHARS, Case, _indent, _is_code, line_cases
+from rubytailor.training.eval_cases import Case, cut_line_cases, is_candidate, line_cases
 from rubytailor.training.filters import RUBY_NAMES, RUBY_SUFFIXES, decode_source
 
 log = logging.getLogger(__name__)
@@ -299,11 +298,6 @@ def _read_worktree(root: Path, exclude: Sequence[str]) -> _Worktree:
     )
 
 
-def _candidate(line: str) -> bool:
-    """line_cases' rule for a line worth a case: code, with room for an answer."""
-    return _is_code(line) and len(line) - _indent(line) > MIN_REST_CHARS
-
-
 def _eval_lines(wt: _Worktree, commit: str) -> dict[str, list[int]]:
     """Candidate lines (0-based) added since commit, per current file, in path order."""
     added = _added_lines(wt.root, commit)
@@ -321,7 +315,7 @@ def _eval_lines(wt: _Worktree, commit: str) -> dict[str, list[int]]:
         if not numbers:
             continue
         lines = text.split("\n")
-        kept = [i for i in numbers if i < len(lines) and _candidate(lines[i])]
+        kept = [i for i in numbers if i < len(lines) and is_candidate(lines[i])]
         if kept:
             result[rel] = kept
     return result
@@ -372,32 +366,6 @@ def _path_excluded(wt: _Worktree, rel: str, dir_cache: dict[str, bool]) -> bool:
     return wt.rules.file_excluded(os.path.join(wt.root_str, *parts))
 
 
-def _sample_cases(
-    files: list[tuple[str, str]], lines: list[list[int]], count: int, seed: int
-) -> list[Case]:
-    """line_cases' sampling and cut, restricted to the given lines of each file."""
-    rng = random.Random(seed)
-    candidates = [(f, i) for f, numbers in enumerate(lines) for i in numbers]
-    cases: list[Case] = []
-    for f, i in rng.sample(candidates, min(count, len(candidates))):
-        name, text = files[f]
-        text_lines = text.split("\n")
-        line = text_lines[i]
-        cut = rng.randrange(_indent(line), len(line.rstrip()) - MIN_REST_CHARS + 1)
-        start = sum(len(x) + 1 for x in text_lines[:i])
-        cases.append(
-            Case(
-                kind="line",
-                source=name,
-                line=i,
-                prefix=text[: start + cut],
-                suffix=text[start + len(line) :],
-                answer=line[cut:],
-            )
-        )
-    return cases
-
-
 def _utf8_bytes(files: list[tuple[str, str]]) -> int:
     return sum(len(text.encode("utf-8")) for _, text in files)
 
@@ -412,7 +380,12 @@ def _git_split(
     if evals is None:
         evals = _eval_lines(wt, split)
     eval_files = [(os.path.join(wt.root_str, *rel.split("/")), wt.current[rel]) for rel in evals]
-    chosen = _sample_cases(eval_files, list(evals.values()), cases, seed)
+    chosen = cut_line_cases(
+        eval_files,
+        [(f, i) for f, numbers in enumerate(evals.values()) for i in numbers],
+        cases,
+        seed,
+    )
     split_time, split_iso = _commit_time(wt.root, split)
     head_time, head_iso = _commit_time(wt.root, head)
     after = int(_git(wt.root, "rev-list", "--first-parent", "--count", f"{split}..{head}"))
@@ -578,7 +551,7 @@ def _mtime_split(
         "eval_share": eval_share,
         "eval_since": iso(min(files[i][2] for i in eval_index)) if eval_index else None,
         "train_newest": iso(max(files[i][2] for i in train_index)) if train_index else None,
-        "eval_lines": sum(_candidate(x) for _, text in eval_files for x in text.split("\n")),
+        "eval_lines": sum(is_candidate(x) for _, text in eval_files for x in text.split("\n")),
         "train_files": len(train),
         "train_bytes": _utf8_bytes(train),
         "eval_files": len(eval_files),

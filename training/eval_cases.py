@@ -46,14 +46,28 @@ def _is_code(line: str) -> bool:
     return len(stripped) >= MIN_LINE_CHARS and not stripped.startswith("#")
 
 
+def is_candidate(line: str) -> bool:
+    """A line worth a line case: code, with room for an answer after its indentation."""
+    return _is_code(line) and len(line) - _indent(line) > MIN_REST_CHARS
+
+
 def line_cases(files: list[tuple[str, str]], count: int, seed: int) -> list[Case]:
     """``count`` line-completion cases from ``files`` (name, text), sampled with ``seed``."""
+    candidates = [
+        (f, i)
+        for f, (_, text) in enumerate(files)
+        for i, line in enumerate(text.split("\n"))
+        if is_candidate(line)
+    ]
+    return cut_line_cases(files, candidates, count, seed)
+
+
+def cut_line_cases(
+    files: list[tuple[str, str]], candidates: list[tuple[int, int]], count: int, seed: int
+) -> list[Case]:
+    """``count`` of the candidate (file index, line index) pairs, sampled with ``seed``,
+    each cut at a random point after its indentation."""
     rng = random.Random(seed)
-    candidates: list[tuple[int, int]] = []
-    for f, (_, text) in enumerate(files):
-        for i, line in enumerate(text.split("\n")):
-            if _is_code(line) and len(line) - _indent(line) > MIN_REST_CHARS:
-                candidates.append((f, i))
     cases: list[Case] = []
     for f, i in rng.sample(candidates, min(count, len(candidates))):
         name, text = files[f]
