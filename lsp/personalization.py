@@ -58,9 +58,9 @@ class Personalizer:
         self._proc: asyncio.subprocess.Process | None = None
         self._tick: asyncio.Task[None] | None = None
         self._trained_hashes: dict[str, str] = {}
-        self._dirty: dict[str, int] = {}
+        # Files counted as changed since the last run (the scheduler holds their bytes).
+        self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()
-        self._pending_bytes = 0
         self._pointer_stamp: tuple[int, int] | None = None
 
     # -- configuration -----------------------------------------------------------------
@@ -86,7 +86,8 @@ class Personalizer:
             self.state = None
             with self._dirty_lock:
                 self._dirty.clear()
-                self._pending_bytes = 0
+            # Another project's changed code and pause do not carry over.
+            self.scheduler = TrainingScheduler(self.scheduler.settings)
             if root is not None:
                 try:
                     self.state = ProjectState.for_project(root)
@@ -117,8 +118,8 @@ class Personalizer:
         with self._dirty_lock:
             if key in self._dirty or self._trained_hashes.get(key) == digest:
                 return
-            self._dirty[key] = len(text)
-            self._pending_bytes += len(text)
+            self._dirty.add(key)
+        self.scheduler.note_change(len(text))  # thread-safe
 
     def note_activity(self) -> None:
         self.scheduler.note_activity()
@@ -190,14 +191,11 @@ class Personalizer:
         return f"now serving {version.name if version else 'the base model'}"
 
     def status(self) -> dict[str, Any]:
-        with self._dirty_lock:
-            changed = sum(self._dirty.values())
         return {
             "state": "off" if self.root is None else "on",
             "reason": self.off_reason,
             "project": str(self.root) if self.root else None,
             "adapter": self.serving.name if self.serving else None,
-            "changed_bytes": changed,
             "scheduler": self.scheduler.status(),
             "last_message": self.last_message,
         }
@@ -219,10 +217,6 @@ class Personalizer:
                 logger.exception("personalization tick failed")
 
     async def _tick_once(self) -> None:
-        with self._dirty_lock:
-            pending, self._pending_bytes = self._pending_bytes, 0
-        if pending:
-            self.scheduler.note_change(pending)
         self.check_adapter()
         if self.root is not None and self.scheduler.due():
             await self.train()

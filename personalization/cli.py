@@ -17,10 +17,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rubytailor import paths
 from rubytailor.errors import RubytailorError
+
+if TYPE_CHECKING:
+    from rubytailor.personalization.state import ProjectState
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     return _personalize(root, args)
 
 
-def status(state: Any) -> dict[str, Any]:
+def status(state: ProjectState) -> dict[str, Any]:
     """Adapters of a project, the current one, and the last runs' decisions."""
     from rubytailor.personalization.registry import AdapterRegistry
 

@@ -104,19 +104,7 @@ def _git_failure(root: Path, args: Sequence[str], exc: Exception) -> RubytailorE
 
 def _git(root: Path, *args: str) -> str:
     """stdout of a git command in root, as text (paths never read from it)."""
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            check=True,
-            text=True,
-            encoding="utf-8",
-            errors="surrogateescape",
-            env=_git_env(),
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise _git_failure(root, args, exc) from exc
-    return proc.stdout
+    return _git_bytes(root, *args).decode("utf-8", "surrogateescape")
 
 
 def _git_bytes(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
