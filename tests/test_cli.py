@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lsp_support.raw import connect_tcp, frame, free_port, read_frame
 
 from rubytailor import cli
 from rubytailor.errors import RubytailorError
@@ -206,20 +206,8 @@ INITIALIZE = {
 }
 
 
-def frame(message: dict[str, object]) -> bytes:
-    """One JSON-RPC message with its Content-Length header, as on the wire."""
-    body = json.dumps(message).encode()
-    return f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_serve_over_tcp_answers_initialize(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "server.log"
     server = await asyncio.create_subprocess_exec(
         *RUBYTAILOR,
@@ -231,18 +219,9 @@ async def test_serve_over_tcp_answers_initialize(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        for _ in range(100):
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the server never listened")
+        reader, writer = await connect_tcp(port)
         writer.write(frame(INITIALIZE))
-        headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = int(headers.split(b"Content-Length:")[1].split(b"\r\n")[0])
-        answer = json.loads(await reader.readexactly(length))
+        answer = await read_frame(reader, 10)
         assert answer["result"]["serverInfo"]["name"] == "rubytailor"
         writer.close()
     finally:

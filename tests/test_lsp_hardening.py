@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from lsp_support import SERVER
-from lsp_support.raw import RawServer, frame
+from lsp_support.raw import RawServer, connect_tcp, frame, free_port, read_frame
 from lsp_support.text_model import ODD_BREAKS, reference_apply, units
 
 URI = "file:///work/app/model.rb"
@@ -413,13 +412,6 @@ async def test_the_server_log_is_private_and_a_shared_cache_is_warned_about(
 # -- 7. TCP ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_a_non_loopback_tcp_address_needs_allow_remote() -> None:
     done = subprocess.run(
         [*SERVER, "--tcp", f"0.0.0.0:{free_port()}"],
@@ -456,14 +448,7 @@ async def test_tcp_defaults_to_loopback_and_resynchronises_too() -> None:
         *SERVER, "--tcp", str(port), stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        for _ in range(100):
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the server never listened on 127.0.0.1")
+        reader, writer = await connect_tcp(port)
         writer.write(b"Content-Length: 99999999999999999999999\r\n\r\nnoise\r\n")
         writer.write(
             frame(
@@ -475,9 +460,7 @@ async def test_tcp_defaults_to_loopback_and_resynchronises_too() -> None:
                 }
             )
         )
-        headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        length = int(headers.split(b"Content-Length:")[1].split(b"\r\n")[0])
-        answer = json.loads(await reader.readexactly(length))
+        answer = await read_frame(reader, 30)
         assert answer["id"] == 1 and "capabilities" in answer["result"]
         writer.close()
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,30 @@ TEXT_METHOD = "test/documentText"
 def frame(message: Any) -> bytes:
     body = json.dumps(message).encode()
     return f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def connect_tcp(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a server starting on 127.0.0.1:port, tried for up to 10 s."""
+    for _ in range(100):
+        try:
+            return await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the server never listened on 127.0.0.1:{port}")
+
+
+async def read_frame(reader: asyncio.StreamReader, timeout: float) -> Any:
+    """The next message on a stream, decoded."""
+    headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    length = int(headers.split(b"Content-Length:")[1].split(b"\r\n")[0])
+    return json.loads(await reader.readexactly(length))
 
 
 class RawServer:
