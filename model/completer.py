@@ -122,9 +122,8 @@ class Completer:
         """Load ``spec`` beside the current model and switch only once it has loaded; on
         failure the current model keeps serving. Returns whether it switched."""
         started = time.perf_counter()
-        extra = {} if spec.adapter is None else {"adapter": spec.adapter}
         try:
-            backend = self._backend_loader(spec.backend, spec.path, threads=spec.threads, **extra)
+            backend = self._load_backend(spec)
         except RubytailorError as exc:
             logger.warning("adapter not swapped in, the current model keeps serving: %s", exc)
             return False
@@ -141,12 +140,8 @@ class Completer:
         due = retry or time.monotonic() - self._failed_at > RETRY_LOAD_AFTER_S
         if self._backend is None and (self._model_error is None or due):
             started = time.perf_counter()
-            # Only with an adapter, so loaders that know nothing of adapters keep working.
-            extra = {} if self._spec.adapter is None else {"adapter": self._spec.adapter}
             try:
-                self._backend = self._backend_loader(
-                    self._spec.backend, self._spec.path, threads=self._spec.threads, **extra
-                )
+                self._backend = self._load_backend(self._spec)
             except RubytailorError as exc:
                 # ConfigError (unknown backend) reads the same to a user: no model.
                 self._model_error = exc if isinstance(exc, ModelError) else ModelError(str(exc))
@@ -167,6 +162,12 @@ class Completer:
             except PrismError as exc:
                 self._prism_error = exc
                 logger.warning("suggestions are not syntax-checked: %s", exc)
+
+    def _load_backend(self, spec: ModelSpec) -> Backend:
+        # The adapter only when there is one, so loaders that know nothing of adapters
+        # (tests' scripted ones) keep working.
+        extra = {} if spec.adapter is None else {"adapter": spec.adapter}
+        return self._backend_loader(spec.backend, spec.path, threads=spec.threads, **extra)
 
     def cached(self, request: CompletionRequest) -> CompletionResult | None:
         """The answer from the suggestion cache, or None. Safe to call from any thread,

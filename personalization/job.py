@@ -115,7 +115,7 @@ def run(root: Path, options: JobOptions, on_event: OnEvent | None = None) -> dic
                     **facts,
                     "split": split.detail,
                     "split_method": split.method,
-                    "adapter_config": _jsonable(asdict(options.adapter)),
+                    "adapter_config": asdict(options.adapter),
                 },
             )
         emit("gate", f"checking {version.name} against the base model", _TRAIN_END + 3)
@@ -228,17 +228,7 @@ def _emitter(on_event: OnEvent | None) -> Callable[..., None]:
             if percent is not None:
                 event["percent"] = round(percent, 1)
             if data is not None:
-                event["data"] = _jsonable(data)
+                event["data"] = data
             on_event(event)
 
     return emit
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
