@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +17,7 @@ import pytest
 import torch
 
 from rubytailor.errors import ModelError
-from rubytailor.model import ggml_export
+from rubytailor.model import ggml_cache, ggml_export
 from rubytailor.model.backends import auto_backend_kind, load_backend
 from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
 from rubytailor.model.backends.token_loop import TokenLoopBackend
@@ -115,7 +121,20 @@ def test_cancel_and_max_tokens(trained_model: Path) -> None:
     assert stats.generated_tokens == 3 or stats.stopped_by == "eos"
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def _damaged(whole: bytes, damage: str) -> bytes:
+    middle = len(whole) // 2
+    if damage == "garbage":
+        return b"not a ggml file"
+    if damage == "truncated":  # ggml's loader would run with missing weights
+        return whole[:-100]
+    if damage == "ff_run":  # same size: passes the size check; killed the server at load
+        return whole[:middle] + b"\xff" * 4096 + whole[middle + 4096 :]
+    rng = np.random.default_rng(0)  # same size, random weights: wrong suggestions, silently
+    noise = rng.integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes()
+    return whole[:middle] + noise + whole[middle + len(noise) :]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "ff_run", "random_bytes"])
 def test_conversion_is_cached_and_a_damaged_one_is_redone(
     trained_model: Path, private_cache: Path, damage: str
 ) -> None:
@@ -123,11 +142,95 @@ def test_conversion_is_cached_and_a_damaged_one_is_redone(
     files = list((private_cache / "ggml").glob("*.bin"))
     assert len(files) == 1
     whole = files[0].read_bytes()
-    # ggml's loader would accept a truncated file and run with missing weights.
-    files[0].write_bytes(b"not a ggml file" if damage == "garbage" else whole[:-100])
+    files[0].write_bytes(_damaged(whole, damage))
     again = load_backend("ctransformers", trained_model, threads=1)
     assert files[0].read_bytes() == whole
     assert run(again, PREFIXES[1])[0] == run(first, PREFIXES[1])[0]
+
+
+def test_a_conversion_without_its_checksum_is_not_trusted(
+    trained_model: Path, private_cache: Path
+) -> None:
+    load_backend("ctransformers", trained_model, threads=1)
+    (ggml_file,) = (private_cache / "ggml").glob("*.bin")
+    ggml_cache.digest_path(ggml_file).unlink()
+    ggml_file.write_bytes(_damaged(ggml_file.read_bytes(), "random_bytes"))
+    load_backend("ctransformers", trained_model, threads=1)
+    assert (
+        ggml_cache.digest_path(ggml_file).read_text().strip()
+        == hashlib.sha256(ggml_file.read_bytes()).hexdigest()
+    )
+
+
+def test_a_directory_in_place_of_the_conversion_is_reported(
+    trained_model: Path, private_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ident = load_backend("ctransformers", trained_model, threads=1).model_id
+    target = ggml_cache.cache_path(ident)
+    target.unlink()
+    (target / "inside").mkdir(parents=True)
+    with pytest.raises(ModelError, match="is not a file; remove it"):
+        load_backend("ctransformers", trained_model, threads=1)
+    # "auto" still serves, with the slower backend, and says why.
+    with caplog.at_level(logging.WARNING):
+        assert load_backend("auto", trained_model, threads=1).name == "transformers"
+    assert "is not a file" in caplog.text and (target / "inside").is_dir()
+
+
+def test_killed_conversions_leave_no_files_behind(trained_model: Path, private_cache: Path) -> None:
+    ident = load_backend("ctransformers", trained_model, threads=1).model_id
+    target = ggml_cache.cache_path(ident)
+    target.unlink()  # the next load converts, and cleans up while it holds the lock
+    mine = target.with_name(f".{target.name}.abc123.tmp")
+    other_old = target.with_name(".other-model-f16-v1.bin.def456.tmp")
+    other_live = target.with_name(".other-model-f16-v1.bin.ghi789.tmp")
+    for path in (mine, other_old, other_live):
+        path.write_bytes(b"half a conversion")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(other_old, (two_days_ago, two_days_ago))
+    load_backend("ctransformers", trained_model, threads=1)
+    assert not mine.exists() and not other_old.exists()
+    assert other_live.exists()  # may be another model's conversion in progress
+
+
+def test_two_processes_on_a_fresh_cache_convert_once_and_agree(
+    trained_model: Path, private_cache: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "cart.rb"
+    source.write_text(PREFIXES[0] + "\nend\n")
+    line = PREFIXES[0].count("\n")
+    column = len(PREFIXES[0].rsplit("\n", 1)[-1])
+    # A tiny model converts in milliseconds: a slower conversion opens the race's window.
+    slow_conversion = (
+        "import logging, sys, time; logging.basicConfig(level=logging.INFO)\n"
+        "from rubytailor.model import ggml_export\n"
+        "real = ggml_export.export_ggml\n"
+        "def slow(*args):\n"
+        "    time.sleep(2)\n"
+        "    return real(*args)\n"
+        "ggml_export.export_ggml = slow\n"
+        "from rubytailor.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [
+        sys.executable, "-c", slow_conversion, "complete", f"{source}:{line + 1}:{column + 1}",
+        "--model", str(trained_model), "--backend", "ctransformers", "--min-confidence", "0",
+        "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "RUBYTAILOR_CACHE_DIR": str(private_cache)}
+    both = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=300) for process in both]
+    assert [process.returncode for process in both] == [0, 0], results
+    # What the model generated (a tiny model's text seldom passes Prism and the gate).
+    answers = [json.loads(out)["unchecked_text"] for out, _ in results]
+    assert answers[0] == answers[1] != ""
+    conversions = sum(err.decode().count("converted ") for _, err in results)
+    assert conversions == 1, results
+    assert len(list((private_cache / "ggml").glob("*.bin"))) == 1
+    assert not list((private_cache / "ggml").glob(".*.tmp"))
 
 
 def test_a_failed_forward_pass_leaves_nothing_behind(

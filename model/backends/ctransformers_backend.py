@@ -28,9 +28,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from tokenizers import Tokenizer
 
-from rubytailor import paths
 from rubytailor.errors import ModelError
-from rubytailor.model import ggml_export
+from rubytailor.model import ggml_cache, ggml_export
 from rubytailor.model.backends.model_dir import (
     check_model_dir,
     fim_settings,
@@ -42,7 +41,6 @@ from rubytailor.model.fim import FimFormat
 
 log = logging.getLogger(__name__)
 
-GGML_FTYPE = "f16"
 # Prompt tokens per ggml graph. Prefill time measured flat from 16 to 128 (about
 # 0.7 ms per token on one core for the default model) and slower at 256.
 EVAL_BATCH = 64
@@ -111,7 +109,7 @@ class CTransformersBackend(TokenLoopBackend):
                 "pip install 'rubytailor[ggml]', or choose the transformers backend"
             ) from exc
         ident = model_id(model_dir)
-        ggml_file = _ggml_file(model_dir, ident, config)
+        ggml_file = ggml_cache.ggml_file(model_dir, ident, config)
         try:
             llm = LLM(str(ggml_file), "starcoder")
         except OSError as exc:
@@ -172,27 +170,6 @@ class CTransformersBackend(TokenLoopBackend):
             self.llm.ctransformers_llm_logits_data(), shape=(self._vocab_size,)
         )
         return logits.copy()  # the buffer is overwritten by the next evaluation
-
-
-def _ggml_file(model_dir: Path, ident: str, config: dict[str, Any]) -> Path:
-    """The model's GGML file: converted on first use, then reused while the weights last.
-
-    A cached file that is not complete (damaged, truncated) is converted again.
-    """
-    name = ident.replace("@", "-").replace(os.sep, "_")
-    version = ggml_export.CONVERTER_VERSION
-    target = paths.cache_dir() / "ggml" / f"{name}-{GGML_FTYPE}-v{version}.bin"
-    if target.is_file():
-        if ggml_export.file_is_complete(target, config, GGML_FTYPE):
-            return target
-        log.warning("%s is incomplete; converting the model again", target)
-    started = time.perf_counter()
-    try:
-        ggml_export.export_ggml(model_dir, target, GGML_FTYPE)
-    except OSError as exc:
-        raise ModelError(f"cannot write the GGML conversion to {target} ({exc})") from exc
-    log.info("converted %s to %s in %.2fs", model_dir, target, time.perf_counter() - started)
-    return target
 
 
 def _special_tokens(model_dir: Path) -> dict[str, int]:
