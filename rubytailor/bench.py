@@ -54,7 +54,8 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[str, Any]]:
+def session_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The server's settings for a benchmark session (the typed files kept out of memory)."""
     workspace = args.workspace.resolve()
     settings: dict[str, Any] = {
         "backend": args.backend,
@@ -70,19 +71,29 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
         settings["modelPath"] = str(args.model)
     if args.threads:
         settings["threads"] = args.threads
+    return settings
+
+
+async def start_session(args: argparse.Namespace) -> tuple[RubytailorClient, dict[str, Any]]:
+    """A started server with its model loaded and its project memory indexed."""
     extra = ["--log-file", str(args.server_log)] if args.server_log else []
-    client = RubytailorClient(server_command(extra), settings)
+    client = RubytailorClient(server_command(extra), session_settings(args))
+    await client.start(args.workspace.resolve())
+    started = time.perf_counter()
+    info = await client.wait_until_ready()
+    if info.get("model_error"):
+        await client.stop()
+        raise RuntimeError(f"the server has no model: {info['model_error']}")
+    info["memory"] = await client.wait_for_memory()
+    info["memory_ready_s"] = time.perf_counter() - started
+    info["rss_before_typing"] = rss_mib(client.server_pid)
+    return client, info
+
+
+async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[str, Any]]:
     tally = Tally()
-    info: dict[str, Any] = {}
-    await client.start(workspace)
+    client, info = await start_session(args)
     try:
-        started = time.perf_counter()
-        info = await client.wait_until_ready()
-        if info.get("model_error"):
-            raise RuntimeError(f"the server has no model: {info['model_error']}")
-        info["memory"] = await client.wait_for_memory()
-        info["memory_ready_s"] = time.perf_counter() - started
-        info["rss_before_typing"] = rss_mib(client.server_pid)
         for file_index, path in enumerate(args.files):
             for n, scenario in enumerate(scenarios_from_file(path, args.lines, seed=args.seed)):
                 virtual = path.with_name(f"{path.stem}.bench{file_index}_{n}.rb")
@@ -173,7 +184,9 @@ def _memory_line(info: dict[str, Any]) -> str:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks that print figures")
-    parser.add_argument("what", choices=["latency"], help="which benchmark")
+    parser.add_argument(
+        "what", choices=["latency", "soak"], help="latency: typing replay; soak: minutes of it"
+    )
     parser.add_argument("--model", type=Path, default=None, help="model directory")
     parser.add_argument(
         "--backend", default="auto", help="auto, ctransformers, transformers or fake"
@@ -191,10 +204,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-project-memory", action="store_true")
     parser.add_argument("--server-log", type=Path, default=None, help="the server's log file")
+    parser.add_argument(
+        "--minutes", type=float, default=5.0, help="soak: how long to type (default 5)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "soak":
+        from rubytailor import soak
+
+        print(soak.report(asyncio.run(soak.soak(args))))
+        return 0
     tally, memory, info = asyncio.run(replay(args))
     print(report(args, tally, memory, info))
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
 from rubytailor.protocol import PARTIAL_METHOD, STATUS_METHOD, STREAM_METHOD
@@ -157,8 +158,21 @@ class RubytailorClient:
             )
         )
 
-    async def stream(self, uri: str, line: int, character: int) -> StreamOutcome:
-        """Send `rubytailor/inlineStream` and collect its partials until done."""
+    def close(self, uri: str) -> None:
+        self._versions.pop(uri, None)
+        self.client.text_document_did_close(
+            types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=uri))
+        )
+
+    async def stream(
+        self, uri: str, line: int, character: int, *, cancel_after_s: float | None = None
+    ) -> StreamOutcome:
+        """Send `rubytailor/inlineStream` and collect its partials until done.
+
+        With ``cancel_after_s`` the client sends `$/cancelRequest` that long after the
+        request, as an editor does when the user presses Escape or moves away; a request
+        the server then refuses comes back as a result with ``cancelled``.
+        """
         stream_id = next(self._ids)
         queue: asyncio.Queue[tuple[float, str, bool]] = asyncio.Queue()
         self._streams[stream_id] = queue
@@ -168,8 +182,20 @@ class RubytailorClient:
             "id": stream_id,
         }
         started = time.perf_counter()
+        msg_id = f"stream-{stream_id}"
+        canceller = None
+        if cancel_after_s is not None:
+            cancel = types.CancelParams(id=msg_id)
+            canceller = asyncio.get_running_loop().call_later(
+                cancel_after_s, self.client.protocol.notify, types.CANCEL_REQUEST, cancel
+            )
         try:
-            result = await self.client.protocol.send_request_async(STREAM_METHOD, params)
+            try:
+                result = await self.client.protocol.send_request_async(
+                    STREAM_METHOD, params, msg_id=msg_id
+                )
+            except JsonRpcRequestCancelled:
+                result = {"cancelled": True}
             finished = time.perf_counter()
             # The final notification is sent before the response; drain what arrived.
             partials: list[str] = []
@@ -181,6 +207,8 @@ class RubytailorClient:
                 partials.append(text)
         finally:
             self._streams.pop(stream_id, None)
+            if canceller is not None:
+                canceller.cancel()
         result_dict = _to_dict(result)
         return StreamOutcome(
             text=result_dict.get("text", ""),
