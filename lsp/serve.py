@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rubytailor import paths
+from rubytailor import native_memory, paths
 from rubytailor.lsp import jsonrpc
 from rubytailor.lsp.server import create_server
 
@@ -62,6 +62,7 @@ def serve(overrides: Mapping[str, Any] | None = None, tcp: tuple[str, int] | Non
     paths.restrict_umask()
     for directory in (paths.cache_dir(), paths.data_dir()):
         paths.warn_if_shared(directory)
+    native_memory.limit_arenas()  # before any thread starts
     server = create_server(overrides)
     # Our reader and message checks instead of pygls' (lsp/jsonrpc.py says why).
     if tcp is None:

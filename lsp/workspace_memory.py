@@ -25,6 +25,7 @@ import numpy.typing as npt
 from pygls import uris
 from tokenizers import Tokenizer
 
+from rubytailor import native_memory
 from rubytailor.model.project_memory import ProjectMemory, WorkspaceIndex
 from rubytailor.personalization.project_files import FileEvent, FileLimits, ProjectFiles
 
@@ -153,7 +154,11 @@ class WorkspaceMemory:
             batch, self._batch = self._batch or {}, None
             # Under the lock, so an event right after the scan cannot overtake the batch.
             self.index.update_many(batch)
-        logger.info("project memory: %d files indexed", len(batch))
+        files = len(batch)
+        del batch
+        # The scan's texts and the suffix sort's buffers are gone: return their memory.
+        native_memory.release_freed()
+        logger.info("project memory: %d files indexed", files)
 
 
 def _path_of(uri: str) -> Path | None:
