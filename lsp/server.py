@@ -329,6 +329,11 @@ class RubytailorServer(LanguageServer):
             self.show_once(
                 types.MessageType.Error, f"rubytailor has no model, so no suggestions: {error}"
             )
+        note = self.completer.backend_note
+        if note is not None:
+            self.show_once(
+                types.MessageType.Warning, f"rubytailor is slower than it could be: {note}"
+            )
         prism_error = self.completer.prism_error
         if prism_error is not None:
             self.show_once(

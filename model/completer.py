@@ -99,6 +99,12 @@ class Completer:
             return "none"
         return str(getattr(self._backend, "model_id", self._backend.name))
 
+    @property
+    def backend_note(self) -> str | None:
+        """Why the backend serving is not the one "auto" prefers, if so."""
+        note = getattr(self._backend, "fallback_note", None)
+        return note if isinstance(note, str) else None
+
     def reconfigure(self, spec: ModelSpec) -> bool:
         """Switch to another model; it loads on the next ``load`` or ``complete``."""
         if spec == self._spec:

@@ -52,3 +52,26 @@ async def test_a_real_model_streams_a_checked_suggestion_and_reuses_its_cache(
     texts = [item.insert_text for item in answer.items]
     assert texts == ([second["text"]] if second["text"] else [])
     assert not client.messages, [m.message for m in client.messages]
+
+
+async def test_a_fallback_to_the_slower_backend_is_told_to_the_user(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rubytailor.model import ggml_cache
+    from rubytailor.model.backends.model_dir import model_id
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(cache))
+    # Something else where the GGML conversion goes: "auto" cannot use ctransformers.
+    target = ggml_cache.cache_path(model_id(tiny_model_dir))
+    (target / "left-here").mkdir(parents=True)
+    settings = {"backend": "auto", "modelPath": str(tiny_model_dir), "minConfidence": 0}
+    async with session(settings) as client:
+        open_doc(client, URI, DOC)
+        result, _ = await stream(client, URI, 2, 4)
+        status = plain(await client.protocol.send_request_async(STATUS_METHOD, {}))
+    assert result["source"] == "model"
+    assert status["backend"] == "transformers"
+    assert "is not a file" in status["backend_note"]
+    warnings = [m.message for m in client.messages]
+    assert any("slower than it could be" in m and "is not a file" in m for m in warnings)

@@ -31,6 +31,7 @@ async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
         # The backend that runs the model ("auto" in the settings resolves to this).
         "backend": getattr(backend, "name", None),
         "model_error": str(completer.model_error) if completer.model_error else None,
+        "backend_note": completer.backend_note,
         "prism_error": str(completer.prism_error) if completer.prism_error else None,
         "position_encoding": ls.position_encoding,
         "settings": dataclasses.asdict(ls.settings),

@@ -90,8 +90,15 @@ def load_backend(
             try:
                 return load_backend(kind, model_path, threads=threads, adapter=adapter)
             except Exception as exc:  # any failure here: the slower backend may still work
-                log.warning("ctransformers cannot run %s (%s); using transformers", model_path, exc)
-                kind = "transformers"
+                note = f"ctransformers cannot run {model_path} ({exc}); using transformers"
+                log.warning("%s", note)
+                from rubytailor.model.backends.transformers_backend import TransformersBackend
+
+                fallback = TransformersBackend.load(
+                    Path(model_path), threads=threads, adapter=adapter
+                )
+                fallback.fallback_note = note  # the server tells the user, once
+                return fallback
     if kind == "ctransformers":
         from rubytailor.model.backends.ctransformers_backend import CTransformersBackend
 

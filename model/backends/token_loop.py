@@ -47,6 +47,8 @@ class TokenLoopBackend:
     """Base class: one loaded model and the token ids in its KV cache. Not thread-safe."""
 
     name = "token-loop"
+    # Why "auto" chose this backend over the faster one, when it had to (shown to users).
+    fallback_note: str | None = None
 
     def __init__(
         self,
