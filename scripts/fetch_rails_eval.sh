@@ -5,12 +5,16 @@
 # contains it: the model has not seen this code. It is evaluation data only and is
 # never committed. The package version apt resolved is written to DEST/VERSION.
 #
-# Usage: scripts/fetch_rails_eval.sh [DEST_DIR]     (default: runs/rails-eval)
+# Usage: scripts/fetch_rails_eval.sh [DEST_DIR] [--whole]     (default: runs/rails-eval)
+#   --whole: the whole application (/usr/share/redmine: app/, lib/, db/, config/, ...),
+#   for `rubytailor eval --project DEST --cases-from app/models app/controllers
+#   app/helpers`, the rest of Redmine being the project memory.
 
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${1:-$repo_root/runs/rails-eval}"
+whole="${2:-}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -23,8 +27,12 @@ dpkg-deb -x "$deb" "$work/x"
 
 rm -rf "$dest"
 mkdir -p "$dest"
-for part in models controllers helpers; do
-    cp -r "$work/x/usr/share/redmine/app/$part" "$dest/$part"
-done
+if [ "$whole" = "--whole" ]; then
+    cp -r "$work/x/usr/share/redmine/." "$dest/"
+else
+    for part in models controllers helpers; do
+        cp -r "$work/x/usr/share/redmine/app/$part" "$dest/$part"
+    done
+fi
 dpkg-deb -f "$deb" Package Version >"$dest/VERSION"
 echo "fetch_rails_eval: $(find "$dest" -name '*.rb' | wc -l) Ruby files from $(basename "$deb") in $dest"

@@ -52,6 +52,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         "filters) are the cases, and each is also completed with the project memory of "
         "the rest of the project",
     )
+    p.add_argument(
+        "--cases-from",
+        nargs="+",
+        metavar="SUBDIR",
+        help="with --project: take the cases only from these folders of the project (e.g. "
+        "app/models app/controllers); the project memory still holds the whole project",
+    )
     p.add_argument("--out", type=Path, help="JSON report (default: stdout is not used; log)")
     p.add_argument("--line-cases", type=int, default=d.line_cases)
     p.add_argument("--multiline-cases", type=int, default=d.multiline_cases)
@@ -96,6 +103,20 @@ def load_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     raise RubytailorError("give --corpus (and --split), --dir or --project with held-out code.")
 
 
+def _case_files(args: argparse.Namespace, files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The files cases are cut from: all of them, or those under --cases-from."""
+    subdirs = getattr(args, "cases_from", None)
+    if not subdirs:
+        return files
+    if getattr(args, "project", None) is None:
+        raise RubytailorError("--cases-from needs --project")
+    root = args.project.resolve()
+    folders = [(root / sub).resolve() for sub in subdirs]
+    return [
+        (name, text) for name, text in files if any(Path(name).is_relative_to(f) for f in folders)
+    ]
+
+
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -107,7 +128,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     files = load_files(args)
-    if not files:
+    case_files = _case_files(args, files)
+    if not case_files:
         raise RubytailorError("no Ruby files to evaluate on.")
     config = EvalConfig(
         line_cases=args.line_cases,
@@ -119,8 +141,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     prism = _load_prism()
     check = _prism_checker(prism)
-    cases = line_cases(files, config.line_cases, config.seed) + multiline_cases(
-        files,
+    cases = line_cases(case_files, config.line_cases, config.seed) + multiline_cases(
+        case_files,
         config.multiline_cases,
         config.seed,
         # Confirms multi-line spans are whole statements.
@@ -134,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
         config,
         prism=prism,
         check=check,
-        texts=[text for _, text in files],
+        texts=[text for _, text in case_files],
         baseline_backend=baseline,
         latency_backends=_other_backends(args),
         memory=_project_memory(args, files),
@@ -145,6 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "corpus": str(args.corpus or args.dir),
         "split": args.split,
         "files": len(files),
+        "case_files": len(case_files),
     }
     text = json.dumps(report, indent=2) + "\n"
     if args.out:
