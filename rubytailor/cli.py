@@ -43,6 +43,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "rubytailor.training.cli_eval:add_export_parser"),
     ("eval", "rubytailor.training.cli_eval:add_eval_parser"),
     ("personalize", "rubytailor.personalization.cli"),
+    ("stats", "rubytailor.stats"),
 ]
 
 BACKENDS = typing.get_args(BackendKind)

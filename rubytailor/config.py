@@ -78,6 +78,11 @@ class Settings:
     personalization_budget_minutes: float = field(
         default=8.0, metadata={"min": 0.01, "max": 1440.0}
     )
+    # Suggestion events (shown, accepted, partly accepted, dismissed) appended to
+    # <data dir>/events/events.jsonl for `rubytailor stats` (lsp/events.py); never the
+    # suggested code unless events_include_text.
+    events: bool = True
+    events_include_text: bool = False
 
     @property
     def model_key(self) -> tuple[str, str, int | None]:

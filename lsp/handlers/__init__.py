@@ -13,6 +13,7 @@ def register_all(server: RubytailorServer) -> None:
         commands,
         completion,
         documents,
+        events,
         inline_completion,
         inline_stream,
         lifecycle,
@@ -29,5 +30,6 @@ def register_all(server: RubytailorServer) -> None:
         inline_stream,
         status,
         commands,
+        events,
     ):
         module.register(server)

@@ -35,7 +35,7 @@ async def inline_stream(ls: RubytailorServer, params: Any) -> StreamResult:
             method=STREAM_METHOD,
             on_partial=stream.send,
         )
-        result = response.stream_result(stream_id, suggestion)
+        result = response.stream_result(stream_id, suggestion, stream)
         stream.finish(suggestion.result.final_delta if suggestion else "")
         return result
     finally:

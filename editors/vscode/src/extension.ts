@@ -6,7 +6,9 @@
 // server's rubytailor/inlineStream instead of the client's built-in (non-streaming)
 // inline completion. The status bar item and the commands live here, except the
 // personalization commands: the client registers those from the server's
-// executeCommandProvider, and the middleware below shows their answers.
+// executeCommandProvider, and the middleware below shows their answers. So it does
+// rubytailor.didAcceptCompletion, the command of every ghost-text item: VS Code runs
+// it on accept and the server records the suggestion as accepted (streaming.ts).
 
 import * as vscode from "vscode";
 import {
@@ -19,7 +21,7 @@ import {
 import type { Readable } from "node:stream";
 import * as readline from "node:readline";
 
-import { StreamingInlineProvider, type StreamResult } from "./streaming";
+import { ACCEPT_COMMAND, StreamingInlineProvider, type StreamResult } from "./streaming";
 
 const SECTION = "rubytailor";
 const STATUS_METHOD = "rubytailor/status";
@@ -44,6 +46,8 @@ export const SERVER_SETTINGS = [
   "personalizationIntervalHours",
   "personalizationIdleSeconds",
   "personalizationBudgetMinutes",
+  "events",
+  "eventsIncludeText",
 ] as const;
 
 // Settings that only change how the server process is started.
@@ -181,6 +185,12 @@ async function startClient(context: vscode.ExtensionContext): Promise<void> {
       // The personalization commands: say what the server answered, and refresh the
       // status bar (pause, resume and rollback change what it shows).
       executeCommand: async (command, args, next) => {
+        if (command === ACCEPT_COMMAND) {
+          // Run by VS Code when a suggestion is accepted: nothing to show.
+          const [argument] = args as Array<{ suggestion_id?: unknown } | undefined>;
+          provider?.accepted(argument?.suggestion_id);
+          return next(command, args);
+        }
         const answer: unknown = await next(command, args);
         if (typeof answer === "object" && answer !== null) {
           const { message, status } = answer as CommandAnswer;
@@ -376,7 +386,10 @@ async function setEnabled(value: boolean, target: vscode.ConfigurationTarget): P
 async function showStats(): Promise<void> {
   const status = await requestStatus();
   const content = JSON.stringify(
-    { server: status ?? "not running", client: { ...stats, lastSuggestion: lastResult ?? null } },
+    {
+      server: status ?? "not running",
+      client: { ...stats, reported: provider?.events ?? null, lastSuggestion: lastResult ?? null },
+    },
     null,
     2,
   );
@@ -426,7 +439,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     // Escape while ghost text is shown: stop the stream too, or its next delta would
     // bring the suggestion back.
     vscode.commands.registerCommand("rubytailor.dismiss", async () => {
-      provider?.cancel();
+      provider?.cancel(true);
       await vscode.commands.executeCommand("editor.action.inlineSuggest.hide");
     }),
     vscode.commands.registerCommand("rubytailor.enable", () =>

@@ -9,18 +9,38 @@
 // again (editor.action.inlineSuggest.trigger), so the ghost text grows. Anything else
 // (typing something different, moving away, another file) cancels the stream on the
 // server ($/cancelRequest) and, where VS Code asks, starts a new one.
+//
+// Suggestion events (the server appends them to its local events file, for
+// `rubytailor stats`): "shown" when an item first goes back to VS Code; "accepted" by
+// the item's command, which VS Code runs when Tab accepts the item and which the
+// language client sends to the server as workspace/executeCommand (the client
+// registers the server's commands; this extension must not); "partial" when an
+// accept-word/line inserts the next part of the suggestion (VS Code 1.91's stable API
+// has no partial-accept callback: handleDidPartiallyAcceptCompletionItem is a proposed
+// API, so this is recognised from the document change: more than one character
+// inserted at the cursor that continues the suggestion without completing it);
+// "dismissed" on Escape, or when typing something else or moving the cursor away ends
+// a shown suggestion (VS Code reports neither to a provider either).
 
 import * as vscode from "vscode";
 import type { LanguageClient } from "vscode-languageclient/node";
 
 export const STREAM_METHOD = "rubytailor/inlineStream";
 export const PARTIAL_METHOD = "rubytailor/partial";
+// rubytailor/protocol.py
+export const SHOW_METHOD = "textDocument/didShowCompletion";
+export const PARTIAL_ACCEPT_METHOD = "textDocument/didPartiallyAcceptCompletion";
+export const DISMISS_METHOD = "rubytailor/didDismissCompletion";
+export const ACCEPT_COMMAND = "rubytailor.didAcceptCompletion";
+const ACCEPT_TITLE = "rubytailor: accepted";
 
 export interface Partial {
   id: unknown;
   seq: number;
   text: string;
   done: boolean;
+  // Once the stream has sent text: the id its result will carry.
+  suggestion_id?: string;
 }
 
 export interface StreamResult {
@@ -31,7 +51,16 @@ export interface StreamResult {
   cancelled: boolean;
   total_ms?: number;
   ttft_ms?: number | null;
+  suggestion_id?: string;
   [key: string]: unknown;
+}
+
+/** What was reported to the server, for "Show Status and Stats". */
+export interface EventCounts {
+  shown: number;
+  accepted: number;
+  partial: number;
+  dismissed: number;
 }
 
 // How long one provider call waits for the stream's first (or next) delta.
@@ -40,6 +69,13 @@ const WAIT_MS = 30_000;
 class Stream {
   text = "";
   done = false;
+  suggestionId: string | undefined;
+  // Given to VS Code for display; reported as shown (once the id is known).
+  displayed = false;
+  shownReported = false;
+  // Accepted or dismissed: nothing more to report.
+  settled = false;
+  acceptedLength = 0;
   readonly cts = new vscode.CancellationTokenSource();
   private waiters: Array<() => void> = [];
 
@@ -91,6 +127,8 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
   private triggerQueued = false;
   private notifications: vscode.Disposable | undefined;
   private readonly subscriptions: vscode.Disposable[];
+  readonly events: EventCounts = { shown: 0, accepted: 0, partial: 0, dismissed: 0 };
+  private sending: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly log: () => vscode.LogOutputChannel | undefined,
@@ -109,6 +147,7 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
           this.cancel();
         }
       }),
+      vscode.workspace.onDidChangeTextDocument((event) => this.onChange(event)),
     ];
   }
 
@@ -127,11 +166,17 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
     this.client = undefined;
   }
 
-  /** Stops the current stream (the server stops generating within a token). */
-  cancel(): void {
+  /**
+   * Stops the current stream (the server stops generating within a token). With
+   * `dismissed`, a suggestion that was shown and not accepted is reported dismissed.
+   */
+  cancel(dismissed = false): void {
     const stream = this.current;
     this.current = undefined;
     if (stream !== undefined) {
+      if (dismissed) {
+        this.reportDismissed(stream);
+      }
       if (!stream.done) {
         stream.cts.cancel();
       }
@@ -158,7 +203,9 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
     }
     let stream = this.current;
     if (stream !== undefined && !this.continues(stream, document, position)) {
-      this.cancel();
+      // Typed (or accepted) all of it, or something else: only the latter dismisses.
+      const typed = this.typed(stream, document, position);
+      this.cancel(typed === undefined || !typed.startsWith(stream.text));
       stream = undefined;
     }
     stream ??= this.start(client, document, position);
@@ -176,7 +223,18 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
         }
         const rest = stream.text.slice(typed.length);
         if (rest !== "") {
-          return [new vscode.InlineCompletionItem(rest, new vscode.Range(position, position))];
+          const item = new vscode.InlineCompletionItem(rest, new vscode.Range(position, position));
+          if (stream.suggestionId !== undefined) {
+            // VS Code runs it when Tab accepts the item; the language client sends it on.
+            item.command = {
+              title: ACCEPT_TITLE,
+              command: ACCEPT_COMMAND,
+              arguments: [{ suggestion_id: stream.suggestionId }],
+            };
+          }
+          stream.displayed = true;
+          this.reportShown(stream);
+          return [item];
         }
         if (stream.done) {
           return undefined;
@@ -232,6 +290,9 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
     client.sendRequest<StreamResult>(STREAM_METHOD, params, stream.cts.token).then(
       (result) => {
         stream.done = true;
+        if (!result.cancelled && result.suggestion_id !== undefined) {
+          this.identify(stream, result.suggestion_id);
+        }
         const grew = !result.cancelled && result.text.startsWith(stream.text) && result.text !== stream.text;
         if (grew) {
           stream.text = result.text;
@@ -262,6 +323,9 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
     if (partial.text) {
       // Deltas simply concatenate; a newline may start one.
       stream.text += partial.text;
+    }
+    if (partial.suggestion_id !== undefined) {
+      this.identify(stream, partial.suggestion_id);
     }
     if (partial.done) {
       stream.done = true;
@@ -318,7 +382,88 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
         : undefined;
     // Typing what the suggestion says, or past what has arrived of it, keeps it.
     if (typed === undefined || !(stream.text.startsWith(typed) || typed.startsWith(stream.text))) {
-      this.cancel();
+      this.cancel(true);
     }
+  }
+
+  /** The accept command went to the server (extension.ts's middleware says so). */
+  accepted(suggestionId: unknown): void {
+    this.events.accepted += 1;
+    const stream = this.current;
+    if (stream !== undefined && stream.suggestionId === suggestionId) {
+      stream.settled = true;
+    }
+  }
+
+  /** An accept-word or accept-line: the next part of the suggestion inserted at once. */
+  private onChange(event: vscode.TextDocumentChangeEvent): void {
+    const stream = this.current;
+    if (stream === undefined || !stream.displayed || stream.settled) {
+      return;
+    }
+    if (event.document.uri.toString() !== stream.uri || event.contentChanges.length !== 1) {
+      return;
+    }
+    const change = event.contentChanges[0];
+    const inserted = change.text.replace(/\r\n/g, "\n");
+    if (change.rangeLength !== 0 || inserted.length < 2 || change.range.start.isBefore(stream.start)) {
+      return;
+    }
+    const before = this.typed(stream, event.document, change.range.start);
+    if (before === undefined) {
+      return;
+    }
+    const accepted = before + inserted;
+    // All of what has arrived: a full accept, which the item's command reports.
+    if (accepted.length < stream.text.length && stream.text.startsWith(accepted)) {
+      if (accepted.length > stream.acceptedLength && stream.suggestionId !== undefined) {
+        stream.acceptedLength = accepted.length;
+        this.events.partial += 1;
+        this.notify(PARTIAL_ACCEPT_METHOD, {
+          suggestion_id: stream.suggestionId,
+          acceptedLength: accepted.length,
+        });
+      }
+    }
+  }
+
+  private identify(stream: Stream, suggestionId: string): void {
+    if (stream.suggestionId === undefined) {
+      stream.suggestionId = suggestionId;
+      // Displayed before its id arrived (a server that sends it only with the result).
+      this.reportShown(stream);
+    }
+  }
+
+  private reportShown(stream: Stream): void {
+    if (!stream.displayed || stream.shownReported || stream.suggestionId === undefined) {
+      return;
+    }
+    stream.shownReported = true;
+    this.events.shown += 1;
+    this.notify(SHOW_METHOD, { suggestion_id: stream.suggestionId });
+  }
+
+  private reportDismissed(stream: Stream): void {
+    if (!stream.shownReported || stream.settled || stream.suggestionId === undefined) {
+      return;
+    }
+    stream.settled = true;
+    this.events.dismissed += 1;
+    this.notify(DISMISS_METHOD, { suggestion_id: stream.suggestionId });
+  }
+
+  private notify(method: string, params: object): void {
+    const client = this.client;
+    if (client === undefined || !client.isRunning()) {
+      return;
+    }
+    // One after the other: each send may first wait for document changes to go out,
+    // and a dismissal must not overtake the show it follows.
+    this.sending = this.sending
+      .then(() => client.sendNotification(method, params))
+      .catch((error: unknown) => {
+        this.log()?.warn(`${method} failed: ${String(error)}`);
+      });
   }
 }

@@ -12,7 +12,9 @@ local M = {}
 ---@field filetypes string[]
 ---@field root_markers string[]      files that mark a project root (else the file's directory)
 ---@field settings table<string, any> camelCase server settings ("rubytailor" section)
----@field ghost_text boolean         stream suggestions as ghost text (rubytailor/inlineStream)
+---@field ghost_text boolean         show suggestions (false: only the server runs)
+---@field native_inline_completion boolean  Neovim 0.12+: show them with vim.lsp.inline_completion
+---                                  (whole, once generated) instead of streaming ghost text
 ---@field debounce_ms integer        idle time after a keystroke before a request is sent
 ---@field accept_timeout_ms integer  how long accept waits for a still-streaming suggestion
 ---@field hl_group string
@@ -23,6 +25,7 @@ M.defaults = {
   root_markers = { "Gemfile", ".git" },
   settings = {},
   ghost_text = true,
+  native_inline_completion = false,
   debounce_ms = 75,
   accept_timeout_ms = 500,
   hl_group = "RubytailorSuggestion",
@@ -39,6 +42,7 @@ local TYPES = {
   root_markers = "table",
   settings = "table",
   ghost_text = "boolean",
+  native_inline_completion = "boolean",
   debounce_ms = "number",
   accept_timeout_ms = "number",
   hl_group = "string",

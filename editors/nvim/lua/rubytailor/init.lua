@@ -1,5 +1,6 @@
--- rubytailor for Neovim (>= 0.10): starts `rubytailor serve` for Ruby buffers and
--- streams its suggestions as ghost text.
+-- rubytailor for Neovim (>= 0.7.2): starts `rubytailor serve` for Ruby buffers and
+-- streams its suggestions as ghost text (or, on 0.12 with native_inline_completion,
+-- leaves the display to vim.lsp.inline_completion).
 --
 --   require("rubytailor").setup({
 --     cmd = { "rubytailor", "serve" },
@@ -9,6 +10,7 @@
 -- :RubytailorPersonalize and :RubytailorPersonalization{Pause,Resume,Rollback,Status}
 -- run the server's personalization commands and echo their answers.
 
+local compat = require("rubytailor.compat")
 local suggestion = require("rubytailor.suggestion")
 local ghost = require("rubytailor.ghost")
 
@@ -16,8 +18,8 @@ local M = {}
 
 ---@type rubytailor.Config|nil
 M.config = nil
-
-local HAS_011 = vim.fn.has("nvim-0.11") == 1
+-- Suggestions through vim.lsp.inline_completion (0.12+) instead of the plugin's stream.
+M.native = false
 
 -- The server's personalization commands (workspace/executeCommand) as user commands.
 local COMMANDS = {
@@ -32,16 +34,19 @@ local group = nil ---@type integer|nil
 -- Bumped by every setup(), which clears the autocmds: buffers then need wiring again.
 local generation = 0
 local debounce = nil ---@type uv.uv_timer_t|nil
-local uv = vim.uv or vim.loop
+local uv = compat.uv
 
-local function ghost_text_on()
-  return M.config ~= nil and M.config.ghost_text
+local function streaming_on()
+  return M.config ~= nil and M.config.ghost_text and not M.native
 end
 
 ---Accept the visible suggestion. Returns false when there is none (nothing happens),
 ---so your own mapping can fall back: `if not require("rubytailor").accept() then ... end`.
 ---@return boolean
 function M.accept()
+  if M.native then
+    return vim.lsp.inline_completion.get()
+  end
   return suggestion.accept()
 end
 
@@ -65,7 +70,8 @@ function M.request()
   suggestion.request(vim.api.nvim_get_current_buf())
 end
 
----Turn streamed ghost text on or off (the language server keeps running).
+---Turn suggestions (ghost text, or native inline completion) on or off; the language
+---server keeps running.
 ---@param on boolean|nil  nil toggles
 function M.toggle(on)
   if not M.config then
@@ -77,6 +83,13 @@ function M.toggle(on)
   M.config.ghost_text = on
   if not on then
     suggestion.dismiss()
+  end
+  if M.native then
+    for _, client in ipairs(compat.get_clients({ name = "rubytailor" })) do
+      for buf in pairs(client.attached_buffers) do
+        vim.lsp.inline_completion.enable(on, { bufnr = buf })
+      end
+    end
   end
 end
 
@@ -105,8 +118,8 @@ end
 function M.execute(command)
   local buf = vim.api.nvim_get_current_buf()
   -- The current buffer's server, else any (there is one per project root).
-  local client = vim.lsp.get_clients({ bufnr = buf, name = "rubytailor" })[1]
-    or vim.lsp.get_clients({ name = "rubytailor" })[1]
+  local client = compat.get_clients({ bufnr = buf, name = "rubytailor" })[1]
+    or compat.get_clients({ name = "rubytailor" })[1]
   if not client then
     vim.notify("rubytailor: the server is not running", vim.log.levels.WARN)
     return
@@ -121,12 +134,7 @@ function M.execute(command)
       or describe_personalization(result.status)
     vim.notify("rubytailor: " .. message, vim.log.levels.INFO)
   end
-  local params = { command = command }
-  if HAS_011 then
-    client:request("workspace/executeCommand", params, on_result, buf)
-  else
-    client.request("workspace/executeCommand", params, on_result, buf) ---@diagnostic disable-line
-  end
+  compat.request(client, "workspace/executeCommand", { command = command }, on_result, buf)
 end
 
 local function schedule_request(buf)
@@ -138,7 +146,7 @@ local function schedule_request(buf)
     M.config.debounce_ms,
     0,
     vim.schedule_wrap(function()
-      if ghost_text_on() and vim.api.nvim_get_current_buf() == buf then
+      if streaming_on() and vim.api.nvim_get_current_buf() == buf then
         suggestion.request(buf)
       end
     end)
@@ -157,10 +165,11 @@ local function map_key(buf, lhs, action, desc)
     return
   end
   vim.keymap.set("i", lhs, function()
-    if suggestion.visible() and action() then
+    -- Native inline completion has no visible() to ask: its accept says whether it acted.
+    if (M.native or suggestion.visible()) and action() then
       return
     end
-    vim.api.nvim_feedkeys(vim.keycode(lhs), "n", false)
+    vim.api.nvim_feedkeys(compat.keycode(lhs), "n", false)
   end, { buffer = buf, desc = desc, silent = true })
 end
 
@@ -179,7 +188,7 @@ local function attach_buffer(buf)
     suggestion.on_char(vim.v.char)
   end)
   autocmd({ "TextChangedI", "TextChangedP" }, function()
-    if not ghost_text_on() or suggestion.absorbed(buf) then
+    if not streaming_on() or suggestion.absorbed(buf) then
       return
     end
     schedule_request(buf)
@@ -193,7 +202,12 @@ local function attach_buffer(buf)
   end)
 
   local keys = M.config.keymaps
-  map_key(buf, keys.accept, suggestion.accept, "rubytailor: accept suggestion")
+  map_key(buf, keys.accept, M.accept, "rubytailor: accept suggestion")
+  if M.native then
+    -- Native inline completion accepts whole items only and hides them itself.
+    vim.lsp.inline_completion.enable(M.config.ghost_text, { bufnr = buf })
+    return
+  end
   map_key(buf, keys.accept_line, suggestion.accept_line, "rubytailor: accept suggestion line")
   map_key(buf, keys.dismiss, function()
     suggestion.dismiss()
@@ -214,11 +228,11 @@ function M.start(buf)
     return
   end
   local path = vim.api.nvim_buf_get_name(buf)
-  local root = vim.fs.root(buf, config.root_markers)
+  local root = compat.root(buf, config.root_markers)
   if not root then
-    root = path ~= "" and vim.fs.dirname(path) or uv.cwd()
+    root = path ~= "" and compat.dirname(path) or uv.cwd()
   end
-  vim.lsp.start({
+  compat.start({
     name = "rubytailor",
     cmd = config.cmd,
     root_dir = root,
@@ -231,17 +245,24 @@ function M.start(buf)
     on_attach = function(_, attached)
       attach_buffer(attached)
     end,
-  }, { bufnr = buf })
+  }, buf)
 end
 
 ---@param opts table|nil  see lua/rubytailor/config.lua for every option
 function M.setup(opts)
-  if vim.fn.has("nvim-0.10") == 0 then
-    vim.notify("rubytailor needs Neovim 0.10 or newer", vim.log.levels.ERROR)
+  if vim.fn.has("nvim-0.7.2") == 0 then
+    vim.notify("rubytailor needs Neovim 0.7.2 or newer", vim.log.levels.ERROR)
     return
   end
   M.config = require("rubytailor.config").resolve(opts)
   suggestion.configure(M.config)
+  M.native = M.config.native_inline_completion and vim.lsp.inline_completion ~= nil
+  if M.config.native_inline_completion and not M.native then
+    vim.notify(
+      "rubytailor: native_inline_completion needs Neovim 0.12; showing the plugin's ghost text",
+      vim.log.levels.WARN
+    )
+  end
   vim.api.nvim_set_hl(0, M.config.hl_group, { link = "Comment", default = true })
 
   for name, command in pairs(COMMANDS) do

@@ -4,14 +4,21 @@
 -- A suggestion belongs to the exact place it was asked for (buffer, changedtick, cursor).
 -- Anything that moves away from that place cancels the request and hides the text;
 -- typing the suggestion's own next characters keeps it ("type-through").
+--
+-- The server is told what became of each suggestion it identified (suggestion_id):
+-- shown, partly accepted (a line), accepted, or dismissed (hidden unaccepted).
 
+local compat = require("rubytailor.compat")
 local ghost = require("rubytailor.ghost")
 
 local M = {}
 
 local STREAM_METHOD = "rubytailor/inlineStream"
+local SHOW_METHOD = "textDocument/didShowCompletion"
+local PARTIAL_ACCEPT_METHOD = "textDocument/didPartiallyAcceptCompletion"
+local DISMISS_METHOD = "rubytailor/didDismissCompletion"
+local ACCEPT_COMMAND = "rubytailor.didAcceptCompletion"
 local REQUEST_CANCELLED = -32800 -- LSP ErrorCodes.RequestCancelled
-local HAS_011 = vim.fn.has("nvim-0.11") == 1
 
 ---@class rubytailor.State
 ---@field id integer             our stream id, echoed in every partial and the result
@@ -25,6 +32,9 @@ local HAS_011 = vim.fn.has("nvim-0.11") == 1
 ---@field seq integer            last partial applied
 ---@field done boolean
 ---@field absorbing boolean      a keystroke or accepted line is landing in the buffer
+---@field suggestion_id string|nil  the server's id for it (from a partial or the result)
+---@field shown boolean          didShowCompletion was sent
+---@field taken integer          characters of the suggestion already in the buffer
 
 ---@type rubytailor.State|nil
 local state = nil
@@ -47,21 +57,34 @@ local function cancel_request(s)
   if s.request_id ~= nil then
     local id = s.request_id
     s.request_id = nil
-    if HAS_011 then
-      s.client:cancel_request(id)
-    else
-      s.client.cancel_request(id) ---@diagnostic disable-line: missing-parameter
-    end
+    compat.cancel_request(s.client, id)
   end
 end
 
----Hide the suggestion and cancel its request.
-function M.dismiss()
+-- Drop the suggestion, with no event: it was accepted, or never shown.
+local function drop()
   if state then
     cancel_request(state)
   end
   state = nil
   ghost.clear()
+end
+
+local function notify(s, method, params)
+  if s.suggestion_id then
+    params.suggestion_id = s.suggestion_id
+    compat.notify(s.client, method, params)
+  end
+end
+
+---Hide the suggestion and cancel its request; the server hears it was dismissed when
+---it had been shown.
+function M.dismiss()
+  local s = state
+  drop()
+  if s and s.shown then
+    notify(s, DISMISS_METHOD, {})
+  end
 end
 
 ---Is the suggestion still for what is on screen?
@@ -93,8 +116,20 @@ end
 local function render(s)
   if s.text == "" then
     ghost.clear()
-  else
-    ghost.show(s.buf, s.row, s.col, s.text, config.hl_group)
+    return
+  end
+  ghost.show(s.buf, s.row, s.col, s.text, config.hl_group)
+  -- Once per suggestion, as soon as both its text is on screen and its id is known.
+  if not s.shown and s.suggestion_id and ghost.visible() then
+    s.shown = true
+    notify(s, SHOW_METHOD, {})
+  end
+end
+
+-- Partials carry the id from their first text on, the result always (with text).
+local function take_id(s, params)
+  if type(params.suggestion_id) == "string" and params.suggestion_id ~= "" then
+    s.suggestion_id = params.suggestion_id
   end
 end
 
@@ -114,6 +149,7 @@ function M.on_partial(_, params)
     M.dismiss()
     return
   end
+  take_id(s, params)
   s.text = s.text .. (params.text or "")
   if params.done then
     s.done = true
@@ -128,7 +164,7 @@ function M.request(buf)
   if vim.api.nvim_get_current_buf() ~= buf or not vim.api.nvim_get_mode().mode:match("^i") then
     return
   end
-  local client = vim.lsp.get_clients({ bufnr = buf, name = "rubytailor" })[1]
+  local client = compat.get_clients({ bufnr = buf, name = "rubytailor" })[1]
   if not client then
     return
   end
@@ -146,6 +182,8 @@ function M.request(buf)
     seq = -1,
     done = false,
     absorbing = false,
+    shown = false,
+    taken = 0,
   }
   -- Positions in the encoding the server negotiated (utf-8 on Neovim 0.11, else utf-16).
   local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
@@ -171,16 +209,14 @@ function M.request(buf)
     if result and type(result.text) == "string" then
       s.text = result.text
     end
+    if type(result) == "table" then
+      take_id(s, result)
+    end
     s.done = true
     render(s)
   end
 
-  local ok, request_id
-  if HAS_011 then
-    ok, request_id = client:request(STREAM_METHOD, params, on_result, buf)
-  else
-    ok, request_id = client.request(STREAM_METHOD, params, on_result, buf) ---@diagnostic disable-line
-  end
+  local ok, request_id = compat.request(client, STREAM_METHOD, params, on_result, buf)
   if ok then
     s.request_id = request_id
     state = s
@@ -220,8 +256,13 @@ function M.accept()
   if not s or not current(s) or not wait_done(s) or not current(s) or s.text == "" then
     return false
   end
-  M.dismiss()
+  drop()
   insert(s, s.text)
+  if s.suggestion_id then
+    -- The command an inline completion item would carry; the server answers null.
+    local params = { command = ACCEPT_COMMAND, arguments = { { suggestion_id = s.suggestion_id } } }
+    compat.request(s.client, "workspace/executeCommand", params, function() end, s.buf)
+  end
   return true
 end
 
@@ -237,8 +278,12 @@ function M.accept_line()
     return M.accept()
   end
   ghost.clear()
-  s.row, s.col = insert(s, s.text:sub(1, newline))
+  local line = s.text:sub(1, newline)
+  s.row, s.col = insert(s, line)
   s.text = s.text:sub(newline + 1)
+  -- Counted from the suggestion's start, in characters, typed-through ones included.
+  s.taken = s.taken + vim.fn.strchars(line)
+  notify(s, PARTIAL_ACCEPT_METHOD, { acceptedLength = s.taken })
   s.absorbing = true -- the TextChangedI this edit causes must not ask for a new one
   s.tick = vim.api.nvim_buf_get_changedtick(s.buf)
   render(s)
@@ -251,6 +296,7 @@ function M.on_char(char)
   local s = state
   if s and s.done and at_anchor(s) and char ~= "" and vim.startswith(s.text, char) and #s.text > #char then
     s.text = s.text:sub(#char + 1)
+    s.taken = s.taken + vim.fn.strchars(char)
     -- Drawn at the old anchor: the character lands there right after this event and
     -- pushes the mark along, so the preview never shows the typed character twice.
     ghost.show(s.buf, s.row, s.col, s.text, config.hl_group)
