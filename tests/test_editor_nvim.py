@@ -157,7 +157,7 @@ class Editor:
             ghosts.append(Ghost(row, col, first, rest))
         return ghosts
 
-    def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = 8.0) -> T:
+    def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
         """Poll until ``probe`` returns something truthy; fail with the editor's state."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
