@@ -29,6 +29,9 @@ DISMISS_METHOD = "rubytailor/didDismissCompletion"
 # Attached to every inline and completion item: clients run an item's command on accept.
 ACCEPT_COMMAND = "rubytailor.didAcceptCompletion"
 ACCEPT_TITLE = "rubytailor: accepted"
+# workspace/executeCommand: acceptance figures of this project, the last 30 days
+# ({"text": the `rubytailor stats` table, "total": its total row}).
+STATS_COMMAND = "rubytailor.stats"
 
 
 class Partial(TypedDict):

@@ -239,20 +239,43 @@ def table(rows: list[dict[str, Any]], total: dict[str, Any]) -> Iterator[str]:
     yield render(cells[-1])
 
 
-def run(args: argparse.Namespace) -> int:
-    path = args.file if args.file is not None else events_path()
-    since = datetime.now(UTC).date() - timedelta(days=args.days - 1)
+@dataclass
+class Report:
+    """What `rubytailor stats` and the server's ``rubytailor.stats`` command show."""
+
+    read: Read
+    since: date
+    where: str
+    selected: list[EventLine]
+    rows: list[dict[str, Any]]
+    total: dict[str, Any]
+    message: str  # non-empty when there is nothing to tabulate
+
+    def lines(self) -> list[str]:
+        if self.message:
+            return [f"rubytailor stats: {self.message}"]
+        files = ", ".join(map(str, self.read.files))
+        out = [f"rubytailor stats: {len(self.selected):,} events in {self.where}, from {files}"]
+        out += table(self.rows, self.total)
+        if self.read.corrupt:
+            out.append(
+                f"{self.read.corrupt:,} corrupt line{'s' if self.read.corrupt != 1 else ''} skipped"
+            )
+        return out
+
+
+def report(path: Path, days: int, project: str | None) -> Report:
+    since = datetime.now(UTC).date() - timedelta(days=days - 1)
     read = read_events(path)
     selected = [
         line
         for line in read.events
-        if line.time.date() >= since
-        and (args.project is None or matches_project(line.project, args.project))
+        if line.time.date() >= since and (project is None or matches_project(line.project, project))
     ]
     rows, total = summarize(selected)
-    where = f"the last {args.days} day{'s' if args.days != 1 else ''} (since {since}, UTC)"
-    if args.project is not None:
-        where += f" for project {args.project}"
+    where = f"the last {days} day{'s' if days != 1 else ''} (since {since}, UTC)"
+    if project is not None:
+        where += f" for project {project}"
     corrupt = f"; {read.corrupt:,} corrupt line{'s' if read.corrupt != 1 else ''} skipped"
     if not read.files:
         message = (
@@ -264,6 +287,20 @@ def run(args: argparse.Namespace) -> int:
         message += corrupt if read.corrupt else ""
     else:
         message = ""
+    return Report(read, since, where, selected, rows, total, message)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.file if args.file is not None else events_path()
+    found = report(path, args.days, args.project)
+    read, since, selected, rows, total, message = (
+        found.read,
+        found.since,
+        found.selected,
+        found.rows,
+        found.total,
+        found.message,
+    )
     if args.json:
         payload = {
             "files": [str(f) for f in read.files],
@@ -279,15 +316,6 @@ def run(args: argparse.Namespace) -> int:
             payload["message"] = message
         print(json.dumps(payload, indent=2))
         return 0
-    if message:
-        print(f"rubytailor stats: {message}")
-        return 0
-    print(
-        f"rubytailor stats: {len(selected):,} events in {where}, "
-        f"from {', '.join(map(str, read.files))}"
-    )
-    for line in table(rows, total):
+    for line in found.lines():
         print(line)
-    if read.corrupt:
-        print(f"{read.corrupt:,} corrupt line{'s' if read.corrupt != 1 else ''} skipped")
     return 0

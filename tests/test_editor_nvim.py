@@ -538,3 +538,15 @@ def test_native_inline_completion_on_012_shows_and_accepts_the_suggestion(
     assert editor.mode() == "i"
     # Neovim runs the item's command on accept: the server records it.
     assert wait_for_event(editor, "accepted")["accepted_chars"] == len(SUGGESTION)
+
+
+def test_the_stats_command_shows_this_projects_figures(editor: Editor) -> None:
+    assert "RubytailorStats" in editor.nvim.api.get_commands({})
+    editor.nvim.command("RubytailorStats")
+
+    # No suggestion was reported in this fresh data directory yet: the server says so.
+    def answer() -> str | None:
+        found = re.search(r"rubytailor stats: .*", editor.messages())
+        return found[0] if found else None
+
+    assert "no suggestion events yet" in editor.wait_for("the stats answer", answer)

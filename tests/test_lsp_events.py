@@ -23,6 +23,7 @@ from rubytailor.protocol import (
     DISMISS_METHOD,
     PARTIAL_ACCEPT_METHOD,
     SHOW_METHOD,
+    STATS_COMMAND,
     STATUS_METHOD,
     STREAM_METHOD,
 )
@@ -339,3 +340,28 @@ def test_a_failing_write_is_logged_once_and_never_raises(
     assert results == [False, False, False]
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "cannot write suggestion events" in warnings[0].message
+
+
+async def test_the_stats_command_tabulates_this_project(tmp_path: Path, data_dir: Path) -> None:
+    root = workspace(tmp_path)
+    script = write_script(tmp_path, [SUGGESTION])
+    async with session(fake_settings(script, projectMemory=False), root=root) as client:
+        empty = plain(
+            await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command=STATS_COMMAND)
+            )
+        )
+        open_doc(client, URI, DOC)
+        first, _ = await stream(client, URI, *CURSOR)
+        client.protocol.notify(SHOW_METHOD, {"suggestion_id": first["suggestion_id"]})
+        await accept(client, {"suggestion_id": first["suggestion_id"]})
+        await wait_for_events(data_dir, 2)
+        answer = plain(
+            await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command=STATS_COMMAND)
+            )
+        )
+    assert "no suggestion events yet" in empty["text"]
+    assert answer["total"]["shown"] == 1 and answer["total"]["accepted"] == 1
+    assert answer["total"]["acceptance_rate"] == 1.0
+    assert project_key([root]) in answer["text"] and "100.0%" in answer["text"]

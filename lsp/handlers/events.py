@@ -17,7 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from rubytailor.lsp.events import Event, EventRecorder, project_key
+from rubytailor import stats
+from rubytailor.lsp.events import Event, EventRecorder, events_path, project_key
 from rubytailor.lsp.server import RubytailorServer
 from rubytailor.lsp.settings_sync import plain
 from rubytailor.protocol import (
@@ -25,10 +26,12 @@ from rubytailor.protocol import (
     DISMISS_METHOD,
     PARTIAL_ACCEPT_METHOD,
     SHOW_METHOD,
+    STATS_COMMAND,
 )
 
 logger = logging.getLogger(__name__)
 
+STATS_DAYS = 30
 # Ids are ours ("s42"); anything much longer is not one, and is not written to disk.
 MAX_ID_CHARS = 64
 
@@ -105,3 +108,9 @@ def register(server: RubytailorServer) -> None:
         await _record(ls, recorder, "accepted", ACCEPT_COMMAND, params)
 
     server.command(ACCEPT_COMMAND)(did_accept)
+
+    async def project_stats(ls: RubytailorServer, *arguments: Any) -> dict[str, Any]:
+        found = stats.report(events_path(), STATS_DAYS, project_key(ls.workspace_roots()))
+        return {"text": "\n".join(found.lines()), "total": found.total}
+
+    server.command(STATS_COMMAND)(project_stats)

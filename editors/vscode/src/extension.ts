@@ -23,6 +23,9 @@ import * as readline from "node:readline";
 
 import { ACCEPT_COMMAND, StreamingInlineProvider, type StreamResult } from "./streaming";
 
+// The server's command with this project's acceptance figures (rubytailor/protocol.py).
+const STATS_COMMAND = "rubytailor.stats";
+
 const SECTION = "rubytailor";
 const STATUS_METHOD = "rubytailor/status";
 
@@ -383,9 +386,27 @@ async function setEnabled(value: boolean, target: vscode.ConfigurationTarget): P
   updateStatusItem();
 }
 
+/** This project's acceptance figures from the server's events file (`rubytailor stats`). */
+async function requestAcceptance(): Promise<string> {
+  const running = client;
+  if (running === undefined || !running.isRunning()) {
+    return "the server is not running";
+  }
+  try {
+    const answer = await running.sendRequest<{ text?: string }>("workspace/executeCommand", {
+      command: STATS_COMMAND,
+      arguments: [],
+    });
+    return answer?.text ?? "";
+  } catch (error) {
+    return `${STATS_COMMAND} failed: ${String(error)}`;
+  }
+}
+
 async function showStats(): Promise<void> {
   const status = await requestStatus();
-  const content = JSON.stringify(
+  const acceptance = await requestAcceptance();
+  const details = JSON.stringify(
     {
       server: status ?? "not running",
       client: { ...stats, reported: provider?.events ?? null, lastSuggestion: lastResult ?? null },
@@ -393,7 +414,8 @@ async function showStats(): Promise<void> {
     null,
     2,
   );
-  const document = await vscode.workspace.openTextDocument({ language: "json", content });
+  const content = `${acceptance}\n\nStatus (rubytailor/status) and this window's counters:\n${details}\n`;
+  const document = await vscode.workspace.openTextDocument({ language: "plaintext", content });
   await vscode.window.showTextDocument(document, { preview: true });
 }
 

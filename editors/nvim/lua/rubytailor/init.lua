@@ -28,6 +28,8 @@ local COMMANDS = {
   RubytailorPersonalizationResume = "rubytailor.personalization.resume",
   RubytailorPersonalizationRollback = "rubytailor.personalization.rollback",
   RubytailorPersonalizationStatus = "rubytailor.personalization.status",
+  -- This project's acceptance figures from the events file (as `rubytailor stats`).
+  RubytailorStats = "rubytailor.stats",
 }
 
 local group = nil ---@type integer|nil
@@ -130,6 +132,10 @@ function M.execute(command)
       return
     end
     result = type(result) == "table" and result or {}
+    if type(result.text) == "string" then -- rubytailor.stats: a table, shown as it is
+      vim.notify(result.text, vim.log.levels.INFO)
+      return
+    end
     local message = type(result.message) == "string" and result.message ~= "" and result.message
       or describe_personalization(result.status)
     vim.notify("rubytailor: " .. message, vim.log.levels.INFO)
