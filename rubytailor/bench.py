@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rubytailor import paths
+from rubytailor import bench_engines, paths
 from rubytailor.lsp_client import RubytailorClient, StreamOutcome, rss_mib, server_command
 from rubytailor.typing_replay import scenarios_from_file
 
@@ -185,7 +185,10 @@ def _memory_line(info: dict[str, Any]) -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="benchmarks that print figures")
     parser.add_argument(
-        "what", choices=["latency", "soak"], help="latency: typing replay; soak: minutes of it"
+        "what",
+        choices=["latency", "soak", "engines"],
+        help="latency: typing replay; soak: minutes of it; engines: the inference engines "
+        "side by side",
     )
     parser.add_argument("--model", type=Path, default=None, help="model directory")
     parser.add_argument(
@@ -207,10 +210,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--minutes", type=float, default=5.0, help="soak: how long to type (default 5)"
     )
+    bench_engines.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "engines":
+        return bench_engines.run(args)
     if args.what == "soak":
         from rubytailor import soak
 

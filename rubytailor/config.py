@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 SECTION = "rubytailor"
 
-BackendKind = Literal["auto", "ctransformers", "transformers", "fake"]
+BackendKind = Literal["auto", "llamacpp", "ctransformers", "transformers", "fake"]
 
 
 def _default_model_path() -> str:

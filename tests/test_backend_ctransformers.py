@@ -38,6 +38,20 @@ PREFIXES = [
 
 
 @pytest.fixture(autouse=True)
+def without_llama_cpp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "auto" here chooses between ctransformers and transformers, as where the optional
+    llama.cpp engine is not installed (tests/test_backend_llamacpp.py covers it)."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a),
+    )
+
+
+@pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("RUBYTAILOR_CACHE_DIR", str(cache))

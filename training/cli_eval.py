@@ -210,17 +210,16 @@ def random_init_like(backend: TransformersBackend) -> TransformersBackend:
 
 
 def _other_backends(args: argparse.Namespace) -> dict[str, Backend]:
-    """The same model under ctransformers, for its latency, when it can run it."""
-    from rubytailor.model.backends import auto_backend_kind, load_backend
+    """The same model under each installed converting engine, for its latency."""
+    from rubytailor.model.backends import auto_backend_kinds, load_backend
 
-    if auto_backend_kind(args.model) != "ctransformers":
-        return {}
-    try:
-        backend = load_backend("ctransformers", args.model, threads=args.threads or None)
-    except RubytailorError as exc:
-        log.warning("no ctransformers latency: %s", exc)
-        return {}
-    return {"ctransformers": backend}
+    backends: dict[str, Backend] = {}
+    for kind in auto_backend_kinds(args.model)[:-1]:  # all but transformers (measured anyway)
+        try:
+            backends[kind] = load_backend(kind, args.model, threads=args.threads or None)
+        except RubytailorError as exc:
+            log.warning("no %s latency: %s", kind, exc)
+    return backends
 
 
 def _project_memory(args: argparse.Namespace, files: list[tuple[str, str]]) -> ProjectMemory | None:

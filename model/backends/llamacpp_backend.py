@@ -1,0 +1,225 @@
+"""The llama.cpp backend: the model converted to GGUF, run by llama-cpp-python on the CPU.
+
+The same Hugging Face directory the other backends load is converted once to a GGUF
+file (``model.gguf_export``), kept and verified in the conversion cache like the GGML
+file (``model.ggml_cache``). Tokenization uses the directory's tokenizer.json through
+``tokenizers``, as in the ctransformers backend; llama.cpp only evaluates token ids.
+The bindings' low-level C API is used, not their ``Llama`` class: the loop needs one
+thing of it, the logits of the last evaluated position, and its own sampling and
+token bookkeeping would duplicate ``TokenLoopBackend``'s.
+
+KV reuse: llama.cpp keeps keys/values per sequence and position; cropping the cache to
+the common prefix removes positions from ``keep`` on (``llama_memory_seq_rm``), and the
+next evaluation appends at ``keep``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from rubytailor.errors import ModelError
+from rubytailor.model import ggml_cache, gguf_export
+from rubytailor.model.backends.ctransformers_backend import _special_tokens, _stop_ids
+from rubytailor.model.backends.model_dir import check_model_dir, fim_settings, model_id, read_config
+from rubytailor.model.backends.token_loop import TokenLoopBackend, leading_ids
+from rubytailor.model.fim import FimFormat
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens per llama_decode call (and its micro-batch), as ctransformers' EVAL_BATCH:
+# prefill measured 0.18 ms/token at 64 on one core for the default model.
+EVAL_BATCH = 64
+SEQ = 0  # the one sequence this backend uses
+
+_backend_ready = False
+
+
+class LlamaCppBackend(TokenLoopBackend):
+    """One GGUF model in a llama.cpp context. Not thread-safe: call from one worker thread."""
+
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        *,
+        lib: Any,
+        model: Any,
+        context: Any,
+        tokenizer: Tokenizer,
+        fim: FimFormat,
+        fim_order: str,
+        context_length: int,
+        model_id: str,
+        stop_ids: set[int],
+        special_ids: set[int],
+        vocab_size: int,
+    ) -> None:
+        super().__init__(
+            fim=fim,
+            fim_order=fim_order,
+            context_length=context_length,
+            model_id=model_id,
+            vocab_size=vocab_size,
+            stop_ids=stop_ids,
+            special_ids=special_ids,
+            lead_ids=leading_ids(
+                tokenizer.encode("def", add_special_tokens=False).ids,
+                tokenizer.encode("def", add_special_tokens=True).ids,
+            ),
+        )
+        self.tokenizer = tokenizer
+        self._lib = lib
+        self._model = model
+        self._context = context
+        self._memory = lib.llama_get_memory(context)
+        self._batch = lib.llama_batch_init(EVAL_BATCH, 0, 1)
+
+    @classmethod
+    def load(cls, model_dir: Path, *, threads: int | None = None) -> LlamaCppBackend:
+        """Load a local StarCoder-architecture model directory; ModelError says what to fix."""
+        model_dir = Path(model_dir).expanduser()
+        check_model_dir(model_dir)
+        started = time.perf_counter()
+        config = read_config(model_dir)
+        why_not = gguf_export.supports(model_dir)
+        if why_not is not None:
+            raise ModelError(f"the llamacpp backend cannot run this model: {why_not}")
+        try:
+            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as exc:
+            raise ModelError(
+                f"cannot load {model_dir}/tokenizer.json ({exc}); re-copy the tokenizer "
+                "files that came with the model"
+            ) from exc
+        special = _special_tokens(model_dir)
+        fim, order, context_length = fim_settings(model_dir, set(special), config)
+        context_length = min(context_length, int(config.get("n_positions", context_length)))
+        lib = _llama_cpp()
+        ident = model_id(model_dir)
+        gguf_file = ggml_cache.gguf_file(model_dir, ident, config)
+        model_params = lib.llama_model_default_params()
+        # Read into memory, not mapped: a cache file damaged in place (truncated) would
+        # kill a server that maps it with SIGBUS. 14 MB for the default model.
+        model_params.load_mode = lib.LLAMA_LOAD_MODE_NONE
+        model = lib.llama_model_load_from_file(str(gguf_file).encode("utf-8"), model_params)
+        if not model:
+            raise ModelError(f"llama.cpp could not load {gguf_file}; its log is on stderr")
+        params = lib.llama_context_default_params()
+        params.n_ctx = context_length
+        params.n_batch = params.n_ubatch = EVAL_BATCH
+        params.n_threads = params.n_threads_batch = threads or 1
+        params.no_perf = True
+        context = lib.llama_init_from_model(model, params)
+        if not context:
+            lib.llama_model_free(model)
+            raise ModelError(f"llama.cpp could not make a context for {gguf_file}")
+        vocab_size = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)))
+        backend = cls(
+            lib=lib,
+            model=model,
+            context=context,
+            tokenizer=tokenizer,
+            fim=fim,
+            fim_order=order,
+            context_length=context_length,
+            model_id=ident,
+            stop_ids=_stop_ids(tokenizer, fim, config, special),
+            special_ids=set(special.values()),
+            vocab_size=vocab_size,
+        )
+        log.info(
+            "loaded %s with llama.cpp (%s/%s, context %d, %s) in %.2fs",
+            ident,
+            fim.name,
+            order,
+            context_length,
+            gguf_file.name,
+            time.perf_counter() - started,
+        )
+        return backend
+
+    def close(self) -> None:
+        """Free the native context and model (also done when the backend is collected)."""
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        self._lib = None
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._context)
+        lib.llama_model_free(self._model)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the bindings may be gone
+            self.close()
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def _drop_cache(self) -> None:
+        self._lib.llama_memory_clear(self._memory, True)
+
+    def _crop_cache(self, keep: int) -> bool:
+        return bool(self._lib.llama_memory_seq_rm(self._memory, SEQ, keep, -1))
+
+    def _forward(self, new_ids: Sequence[int]) -> np.ndarray:
+        n_past = len(self._cached_ids)
+        if n_past + len(new_ids) > self.context_length:
+            raise ModelError(
+                f"{n_past + len(new_ids)} tokens exceed the model's context of "
+                f"{self.context_length}"
+            )
+        lib, batch = self._lib, self._batch
+        # Positions from n_past on must be empty: llama.cpp would attend to both copies.
+        lib.llama_memory_seq_rm(self._memory, SEQ, n_past, -1)
+        for start in range(0, len(new_ids), EVAL_BATCH):
+            chunk = new_ids[start : start + EVAL_BATCH]
+            batch.n_tokens = len(chunk)
+            for i, token in enumerate(chunk):
+                batch.token[i] = token
+                batch.pos[i] = n_past + start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = SEQ
+                batch.logits[i] = False
+            # Logits of the very last position only: all the loop uses.
+            batch.logits[len(chunk) - 1] = start + len(chunk) == len(new_ids)
+            status = lib.llama_decode(self._context, batch)
+            if status != 0:
+                raise ModelError(f"llama.cpp failed to evaluate the prompt (llama_decode {status})")
+        logits = lib.llama_get_logits_ith(self._context, -1)
+        if not logits:
+            raise ModelError("llama.cpp returned no logits")
+        return np.ctypeslib.as_array(logits, shape=(self._vocab_size,)).copy()
+
+
+def _llama_cpp() -> Any:
+    """The llama_cpp bindings, the backend initialised once; ModelError when unavailable."""
+    global _backend_ready
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ModelError(
+            "the llamacpp backend needs llama-cpp-python: pip install 'rubytailor[llamacpp]' "
+            "(it builds llama.cpp from source), or choose the ctransformers backend"
+        ) from exc
+    except (OSError, RuntimeError) as exc:
+        # The native library failed to load: nothing the model can fix.
+        raise ModelError(f"llama.cpp cannot run on this machine ({exc})") from exc
+    if not _backend_ready:
+        # The bindings print llama.cpp's log to stderr by their logger's level: its load
+        # report is noise unless rubytailor itself logs at debug level.
+        verbose = log.isEnabledFor(logging.DEBUG)
+        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+    return llama_cpp
