@@ -66,7 +66,11 @@ def test_camel_case_keys_set_fields() -> None:
         ({"maxLines": 2.5}, "maxLines", "expected a whole number"),
         ({"maxTokens": True}, "maxTokens", "expected a whole number"),
         ({"maxTokens": 513}, "maxTokens", "out of range (1-512)"),
-        ({"backend": "ctransformers2"}, "backend", 'is not one of "auto", "llamacpp", "ctransformers"'),
+        (
+            {"backend": "ctransformers2"},
+            "backend",
+            'is not one of "auto", "llamacpp", "ctransformers"',
+        ),
         ({"enable": "yes"}, "enable", "expected true or false"),
         ({"diagnostics": 1}, "diagnostics", "expected true or false"),
         ({"modelPath": 42}, "modelPath", "expected a string"),

@@ -12,7 +12,6 @@ position i is evaluated again, so cropping the cache is only a matter of ``n_pas
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,18 +25,15 @@ import numpy as np
 # ctransformers imports huggingface_hub; it must never reach the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tokenizers import Tokenizer
-
 from rubytailor.errors import ModelError
 from rubytailor.model import ggml_cache, ggml_export
 from rubytailor.model.backends.model_dir import (
     check_model_dir,
-    fim_settings,
     model_id,
     read_config,
 )
-from rubytailor.model.backends.token_loop import TokenLoopBackend, id_set, leading_ids
-from rubytailor.model.fim import FimFormat
+from rubytailor.model.backends.token_loop import TokenLoopBackend
+from rubytailor.model.backends.tokenizer_files import TokenizerFiles, read_tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +47,19 @@ class CTransformersBackend(TokenLoopBackend):
 
     name = "ctransformers"
 
-    def __init__(
-        self,
-        *,
-        llm: Any,
-        tokenizer: Tokenizer,
-        fim: FimFormat,
-        fim_order: str,
-        context_length: int,
-        model_id: str,
-        stop_ids: set[int],
-        special_ids: set[int],
-        threads: int,
-    ) -> None:
+    def __init__(self, *, llm: Any, files: TokenizerFiles, model_id: str, threads: int) -> None:
         super().__init__(
-            fim=fim,
-            fim_order=fim_order,
-            context_length=context_length,
+            fim=files.fim,
+            fim_order=files.fim_order,
+            context_length=files.context_length,
             model_id=model_id,
             vocab_size=int(llm.vocab_size),
-            stop_ids=stop_ids,
-            special_ids=special_ids,
-            lead_ids=leading_ids(
-                tokenizer.encode("def", add_special_tokens=False).ids,
-                tokenizer.encode("def", add_special_tokens=True).ids,
-            ),
+            stop_ids=files.stop_ids,
+            special_ids=files.special_ids,
+            lead_ids=files.lead_ids,
         )
         self.llm = llm
-        self.tokenizer = tokenizer
+        self.tokenizer = files.tokenizer
         self._threads = threads
 
     @classmethod
@@ -91,16 +72,7 @@ class CTransformersBackend(TokenLoopBackend):
         why_not = ggml_export.supports(model_dir)
         if why_not is not None:
             raise ModelError(f"the ctransformers backend cannot run this model: {why_not}")
-        try:
-            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        except Exception as exc:
-            raise ModelError(
-                f"cannot load {model_dir}/tokenizer.json ({exc}); re-copy the tokenizer "
-                "files that came with the model"
-            ) from exc
-        special = _special_tokens(model_dir)
-        fim, order, context_length = fim_settings(model_dir, set(special), config)
-        context_length = min(context_length, int(config.get("n_positions", context_length)))
+        files = read_tokenizer_files(model_dir, config)
         try:
             from ctransformers import LLM
         except ImportError as exc:
@@ -119,23 +91,13 @@ class CTransformersBackend(TokenLoopBackend):
             raise ModelError(
                 f"ctransformers could not load {ggml_file} ({exc}); its log is on stderr"
             ) from exc
-        backend = cls(
-            llm=llm,
-            tokenizer=tokenizer,
-            fim=fim,
-            fim_order=order,
-            context_length=context_length,
-            model_id=ident,
-            stop_ids=_stop_ids(tokenizer, fim, config, special),
-            special_ids=set(special.values()),
-            threads=threads or 1,
-        )
+        backend = cls(llm=llm, files=files, model_id=ident, threads=threads or 1)
         log.info(
             "loaded %s with ctransformers (%s/%s, context %d, %s) in %.2fs",
             ident,
-            fim.name,
-            order,
-            context_length,
+            files.fim.name,
+            files.fim_order,
+            files.context_length,
             ggml_file.name,
             time.perf_counter() - started,
         )
@@ -170,21 +132,3 @@ class CTransformersBackend(TokenLoopBackend):
             self.llm.ctransformers_llm_logits_data(), shape=(self._vocab_size,)
         )
         return logits.copy()  # the buffer is overwritten by the next evaluation
-
-
-def _special_tokens(model_dir: Path) -> dict[str, int]:
-    """Special tokens of tokenizer.json (content -> id)."""
-    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    return {t["content"]: int(t["id"]) for t in data.get("added_tokens", []) if t.get("special")}
-
-
-def _stop_ids(
-    tokenizer: Tokenizer, fim: FimFormat, config: dict[str, Any], special: dict[str, int]
-) -> set[int]:
-    """EOS, every marker of the FIM format, and any other special token, as token ids."""
-    ids = set(special.values())
-    for text in fim.stop_strings:
-        token = tokenizer.token_to_id(text)
-        if token is not None:
-            ids.add(token)
-    return ids | id_set(config.get("eos_token_id"))

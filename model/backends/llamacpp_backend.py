@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from rubytailor.errors import ModelError
 from rubytailor.model import ggml_cache, gguf_export
-from rubytailor.model.backends.ctransformers_backend import _special_tokens, _stop_ids
-from rubytailor.model.backends.model_dir import check_model_dir, fim_settings, model_id, read_config
-from rubytailor.model.backends.token_loop import TokenLoopBackend, leading_ids
-from rubytailor.model.fim import FimFormat
+from rubytailor.model.backends.model_dir import check_model_dir, model_id, read_config
+from rubytailor.model.backends.token_loop import TokenLoopBackend
+from rubytailor.model.backends.tokenizer_files import TokenizerFiles, read_tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +51,21 @@ class LlamaCppBackend(TokenLoopBackend):
         lib: Any,
         model: Any,
         context: Any,
-        tokenizer: Tokenizer,
-        fim: FimFormat,
-        fim_order: str,
-        context_length: int,
+        files: TokenizerFiles,
         model_id: str,
-        stop_ids: set[int],
-        special_ids: set[int],
         vocab_size: int,
     ) -> None:
         super().__init__(
-            fim=fim,
-            fim_order=fim_order,
-            context_length=context_length,
+            fim=files.fim,
+            fim_order=files.fim_order,
+            context_length=files.context_length,
             model_id=model_id,
             vocab_size=vocab_size,
-            stop_ids=stop_ids,
-            special_ids=special_ids,
-            lead_ids=leading_ids(
-                tokenizer.encode("def", add_special_tokens=False).ids,
-                tokenizer.encode("def", add_special_tokens=True).ids,
-            ),
+            stop_ids=files.stop_ids,
+            special_ids=files.special_ids,
+            lead_ids=files.lead_ids,
         )
-        self.tokenizer = tokenizer
+        self.tokenizer = files.tokenizer
         self._lib = lib
         self._model = model
         self._context = context
@@ -92,16 +82,8 @@ class LlamaCppBackend(TokenLoopBackend):
         why_not = gguf_export.supports(model_dir)
         if why_not is not None:
             raise ModelError(f"the llamacpp backend cannot run this model: {why_not}")
-        try:
-            tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        except Exception as exc:
-            raise ModelError(
-                f"cannot load {model_dir}/tokenizer.json ({exc}); re-copy the tokenizer "
-                "files that came with the model"
-            ) from exc
-        special = _special_tokens(model_dir)
-        fim, order, context_length = fim_settings(model_dir, set(special), config)
-        context_length = min(context_length, int(config.get("n_positions", context_length)))
+        files = read_tokenizer_files(model_dir, config)
+        context_length = files.context_length
         lib = _llama_cpp()
         ident = model_id(model_dir)
         gguf_file = ggml_cache.gguf_file(model_dir, ident, config)
@@ -126,20 +108,15 @@ class LlamaCppBackend(TokenLoopBackend):
             lib=lib,
             model=model,
             context=context,
-            tokenizer=tokenizer,
-            fim=fim,
-            fim_order=order,
-            context_length=context_length,
+            files=files,
             model_id=ident,
-            stop_ids=_stop_ids(tokenizer, fim, config, special),
-            special_ids=set(special.values()),
             vocab_size=vocab_size,
         )
         log.info(
             "loaded %s with llama.cpp (%s/%s, context %d, %s) in %.2fs",
             ident,
-            fim.name,
-            order,
+            files.fim.name,
+            files.fim_order,
             context_length,
             gguf_file.name,
             time.perf_counter() - started,
