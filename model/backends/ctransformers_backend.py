@@ -32,8 +32,11 @@ from rubytailor.model.backends.model_dir import (
     model_id,
     read_config,
 )
-from rubytailor.model.backends.token_loop import TokenLoopBackend
-from rubytailor.model.backends.tokenizer_files import TokenizerFiles, read_tokenizer_files
+from rubytailor.model.backends.tokenizer_files import (
+    TokenizerFiles,
+    TokenizersBackend,
+    read_tokenizer_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +45,14 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 64
 
 
-class CTransformersBackend(TokenLoopBackend):
+class CTransformersBackend(TokenizersBackend):
     """One GGML model in ctransformers. Not thread-safe: call from one worker thread."""
 
     name = "ctransformers"
 
     def __init__(self, *, llm: Any, files: TokenizerFiles, model_id: str, threads: int) -> None:
-        super().__init__(
-            fim=files.fim,
-            fim_order=files.fim_order,
-            context_length=files.context_length,
-            model_id=model_id,
-            vocab_size=int(llm.vocab_size),
-            stop_ids=files.stop_ids,
-            special_ids=files.special_ids,
-            lead_ids=files.lead_ids,
-        )
+        super().__init__(files=files, model_id=model_id, vocab_size=int(llm.vocab_size))
         self.llm = llm
-        self.tokenizer = files.tokenizer
         self._threads = threads
 
     @classmethod
@@ -102,12 +95,6 @@ class CTransformersBackend(TokenLoopBackend):
             time.perf_counter() - started,
         )
         return backend
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def _drop_cache(self) -> None:
         pass  # positions are overwritten as they are evaluated again

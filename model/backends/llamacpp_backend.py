@@ -27,8 +27,11 @@ import numpy as np
 from rubytailor.errors import ModelError
 from rubytailor.model import ggml_cache, gguf_export
 from rubytailor.model.backends.model_dir import check_model_dir, model_id, read_config
-from rubytailor.model.backends.token_loop import TokenLoopBackend
-from rubytailor.model.backends.tokenizer_files import TokenizerFiles, read_tokenizer_files
+from rubytailor.model.backends.tokenizer_files import (
+    TokenizerFiles,
+    TokenizersBackend,
+    read_tokenizer_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ SEQ = 0  # the one sequence this backend uses
 _backend_ready = False
 
 
-class LlamaCppBackend(TokenLoopBackend):
+class LlamaCppBackend(TokenizersBackend):
     """One GGUF model in a llama.cpp context. Not thread-safe: call from one worker thread."""
 
     name = "llamacpp"
@@ -55,17 +58,7 @@ class LlamaCppBackend(TokenLoopBackend):
         model_id: str,
         vocab_size: int,
     ) -> None:
-        super().__init__(
-            fim=files.fim,
-            fim_order=files.fim_order,
-            context_length=files.context_length,
-            model_id=model_id,
-            vocab_size=vocab_size,
-            stop_ids=files.stop_ids,
-            special_ids=files.special_ids,
-            lead_ids=files.lead_ids,
-        )
-        self.tokenizer = files.tokenizer
+        super().__init__(files=files, model_id=model_id, vocab_size=vocab_size)
         self._lib = lib
         self._model = model
         self._context = context
@@ -136,12 +129,6 @@ class LlamaCppBackend(TokenLoopBackend):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the bindings may be gone
             self.close()
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
     def _drop_cache(self) -> None:
         self._lib.llama_memory_clear(self._memory, True)

@@ -1,9 +1,11 @@
-"""What the converting backends (ctransformers, llamacpp) read from a model directory's
-tokenizer files: they tokenize with `tokenizers`, never importing transformers."""
+"""The text side of the converting backends (ctransformers, llamacpp): what they read
+from a model directory's tokenizer files, and encode/decode with `tokenizers`, never
+importing transformers."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from tokenizers import Tokenizer
 
 from rubytailor.errors import ModelError
 from rubytailor.model.backends.model_dir import fim_settings
-from rubytailor.model.backends.token_loop import id_set, leading_ids
+from rubytailor.model.backends.token_loop import TokenLoopBackend, id_set, leading_ids
 from rubytailor.model.fim import FimFormat
 
 
@@ -25,6 +27,30 @@ class TokenizerFiles:
     stop_ids: set[int]
     special_ids: set[int]
     lead_ids: list[int]  # what the tokenizer puts before a text (TokenLoopBackend)
+
+
+class TokenizersBackend(TokenLoopBackend):
+    """A token loop whose tokenizer is the directory's tokenizer.json; subclasses supply
+    the engine (forward pass, cache cropping)."""
+
+    def __init__(self, *, files: TokenizerFiles, model_id: str, vocab_size: int) -> None:
+        super().__init__(
+            fim=files.fim,
+            fim_order=files.fim_order,
+            context_length=files.context_length,
+            model_id=model_id,
+            vocab_size=vocab_size,
+            stop_ids=files.stop_ids,
+            special_ids=files.special_ids,
+            lead_ids=files.lead_ids,
+        )
+        self.tokenizer = files.tokenizer
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
 
 
 def read_tokenizer_files(model_dir: Path, config: dict[str, Any]) -> TokenizerFiles:
