@@ -12,11 +12,14 @@ PRISM := vendor/prism/prism.wasm
 setup: $(STAMP) $(PRISM)
 
 # torch is installed on its own first and pinned: an unpinned resolve pulls GBs of CUDA wheels.
+# llama-cpp-python (the fastest engine, README "Engines") has no Linux CPU wheel on PyPI:
+# pip builds it from source here, a few minutes on two cores.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,ggml]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+	  $(BIN)/pip install -q -e '.[dev,ggml,llamacpp]'
 	touch $(STAMP)
 
 $(PRISM): scripts/fetch_prism.sh

@@ -29,6 +29,7 @@ from rubytailor.lsp.document_sync import DocumentSync
 from rubytailor.lsp.inflight import InFlight
 from rubytailor.lsp.jsonrpc import strict_scalars
 from rubytailor.lsp.personalization import Personalizer
+from rubytailor.lsp.prewarm import Prewarmer
 from rubytailor.lsp.snapshot import UTF16, Snapshot
 from rubytailor.lsp.worker import Worker
 from rubytailor.lsp.workspace_memory import WorkspaceMemory, tokenizer_encoder
@@ -142,6 +143,7 @@ class RubytailorServer(LanguageServer):
         self._memory_key: tuple[Any, ...] | str | None = "unset"
         self.memory_off_reason = "waiting for the client's settings"
         self.personalizer = Personalizer(self)
+        self.prewarmer = Prewarmer(self)
 
     # -- documents ---------------------------------------------------------------------
 
@@ -353,6 +355,7 @@ class RubytailorServer(LanguageServer):
             self.settings_ready.set()
 
     def shutdown(self) -> None:
+        self.prewarmer.preempt()
         self.personalizer.stop()
         if self.workspace_memory is not None:
             self.workspace_memory.stop()

@@ -53,6 +53,7 @@ async def suggest(
     on_partial: Callable[[str], None] | None = None,
 ) -> Suggestion | None:
     started = time.perf_counter()
+    ls.prewarmer.preempt()  # a real request goes first
     await ls.wait_for_settings()
     settings = ls.settings
     if not settings.enable:
@@ -72,18 +73,7 @@ async def suggest(
         _log_skip(method, uri, snapshot.version, reason, started)
         return None
 
-    request = CompletionRequest(
-        doc_key=uri,
-        version=snapshot.version,
-        text=snapshot.text,
-        offset=offset,
-        max_lines=settings.max_lines,
-        max_tokens=settings.max_tokens,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        project_memory=settings.project_memory,
-        memory_key=ls.workspace_memory.key_for(uri) if ls.workspace_memory else None,
-        min_confidence=settings.min_confidence,
-    )
+    request = completion_request(ls, snapshot, offset)
     key = (uri, channel)
     token = ls.inflight.begin(key)
     # Typed-through and repeated requests are answered here on the loop, without
@@ -117,6 +107,24 @@ async def suggest(
         ls.report_model_state()
     _log_result(method, uri, snapshot.version, result, started, _memory_state(ls))
     return Suggestion(snapshot=snapshot, offset=offset, result=result)
+
+
+def completion_request(ls: RubytailorServer, snapshot: Snapshot, offset: int) -> CompletionRequest:
+    """The pipeline's request for ``offset`` in ``snapshot``, under the current settings
+    (also what pre-warming evaluates, so it warms exactly this prompt)."""
+    settings = ls.settings
+    return CompletionRequest(
+        doc_key=snapshot.uri,
+        version=snapshot.version,
+        text=snapshot.text,
+        offset=offset,
+        max_lines=settings.max_lines,
+        max_tokens=settings.max_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        project_memory=settings.project_memory,
+        memory_key=ls.workspace_memory.key_for(snapshot.uri) if ls.workspace_memory else None,
+        min_confidence=settings.min_confidence,
+    )
 
 
 def _memory_state(ls: RubytailorServer) -> str:
@@ -172,7 +180,7 @@ def _log_result(
     request_log.info(
         "%s uri=%s version=%s prompt_tokens=%d reused_tokens=%d generated_tokens=%d "
         "ttft_ms=%.1f gen_ms=%.1f total_ms=%.1f verdict=%s source=%s stop=%s chars=%d "
-        "confidence=%s memory_share=%.2f memory=%s adapter=%s model=%s",
+        "confidence=%s memory_share=%.2f drafts=%d/%d memory=%s adapter=%s model=%s",
         method,
         uri,
         version,
@@ -188,6 +196,8 @@ def _log_result(
         len(result.text),
         "-" if result.confidence is None else f"{result.confidence:.3f}",
         result.memory_share,
+        result.accepted_drafts,
+        result.drafted_tokens,
         memory_state,
         adapter_of(result.model_id),
         result.model_id,

@@ -241,6 +241,18 @@ class Completer:
             self._cache.remember(request.doc_key, prefix, suffix, result.text)
         return result
 
+    def prewarm(self, request: CompletionRequest, cancel: CancelToken) -> int:
+        """Evaluate the prompt of a likely next request into the KV cache (pre-warming);
+        stops within one small batch of ``cancel``. Returns the tokens evaluated. Never
+        raises: a failure costs only the warm start, and is logged."""
+        if cancel.cancelled or self._backend is None or self.cached(request) is not None:
+            return 0
+        try:
+            return pipeline.prewarm(self._backend, request, cancel, memory=self.memory)
+        except Exception:
+            logger.exception("pre-warming failed; the next suggestion starts cold")
+            return 0
+
 
 def complete_once(
     text: str,

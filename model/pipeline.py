@@ -27,6 +27,7 @@ from rubytailor.model.backends.base import (
     CancelToken,
     GenerationParams,
     GenerationStats,
+    Prefills,
 )
 from rubytailor.model.fim import get_format
 from rubytailor.model.outcomes import Source, StopReason, Verdict
@@ -85,18 +86,29 @@ class CompletionResult:
     confidence: float | None = None
     memory_share: float = 0.0
     model_id: str = "none"
+    # Speculative decoding (model/backends/token_loop.py): tokens drafted from the
+    # project memory, and how many of them the model's greedy choice kept.
+    drafted_tokens: int = 0
+    accepted_drafts: int = 0
 
 
-def run(
-    backend: Backend,
-    prism: Prism | None,
-    request: CompletionRequest,
-    on_partial: Callable[[str], None],
-    cancel: CancelToken,
-    memory: ProjectMemory | None = None,
-) -> CompletionResult:
-    """The suggestion at ``request.offset``; without Prism it is unchecked."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Prepared:
+    """What a request asks of the backend: its prompt, the generation parameters, and
+    the prefix/suffix split that the stop rules and the syntax check judge against."""
+
+    prefix: str
+    suffix: str
+    prompt: str
+    params: GenerationParams
+    single_line: bool
+
+
+def prepare(
+    backend: Backend, request: CompletionRequest, memory: ProjectMemory | None = None
+) -> Prepared:
+    """The prompt and generation parameters for ``request`` (shared by ``run`` and
+    ``prewarm``, so a pre-warmed prompt is exactly the one the request will send)."""
     prefix, suffix = request.text[: request.offset], request.text[request.offset :]
     fmt = get_format(backend.fim_format)
     single_line = request.single_line or is_single_line_position(prefix, suffix)
@@ -114,19 +126,49 @@ def run(
         backend.count_tokens,
         order="psm" if backend.fim_order == "psm" else "spm",
     )
-    rules = StopRules(
-        prefix, suffix, StopConfig(max_lines=request.max_lines, single_line=single_line)
-    )
-    check = StreamingCheck(prism, prefix, suffix) if prism is not None else None
-    stats = GenerationStats()
-    use_memory = memory is not None and request.project_memory
     params = GenerationParams(
         max_new_tokens=max_tokens,
         token_healing=request.token_healing,
         memory=MemoryRequest(memory, prefix, suffix, request.memory_key)
-        if memory is not None and use_memory
+        if memory is not None and request.project_memory
         else None,
     )
+    return Prepared(prefix, suffix, prompt.text, params, single_line)
+
+
+def prewarm(
+    backend: Backend,
+    request: CompletionRequest,
+    cancel: CancelToken,
+    memory: ProjectMemory | None = None,
+) -> int:
+    """Evaluate the prompt ``request`` will send into the backend's KV cache, so the
+    suggestion there starts warm; stops within one small batch of ``cancel``. Returns
+    the prompt tokens evaluated (0 for a backend that cannot pre-fill)."""
+    if not isinstance(backend, Prefills):
+        return 0
+    prepared = prepare(backend, request, memory)
+    return backend.prefill(prepared.prompt, prepared.params, cancel)
+
+
+def run(
+    backend: Backend,
+    prism: Prism | None,
+    request: CompletionRequest,
+    on_partial: Callable[[str], None],
+    cancel: CancelToken,
+    memory: ProjectMemory | None = None,
+) -> CompletionResult:
+    """The suggestion at ``request.offset``; without Prism it is unchecked."""
+    started = time.perf_counter()
+    prepared = prepare(backend, request, memory)
+    prefix, suffix, params = prepared.prefix, prepared.suffix, prepared.params
+    fmt = get_format(backend.fim_format)
+    rules = StopRules(
+        prefix, suffix, StopConfig(max_lines=request.max_lines, single_line=prepared.single_line)
+    )
+    check = StreamingCheck(prism, prefix, suffix) if prism is not None else None
+    stats = GenerationStats()
     markers = _StopStrings(fmt.stop_strings)
     released = ""
     ttft_ms: float | None = None
@@ -170,7 +212,7 @@ def run(
                 logger.info("released text shrank; keeping what was sent")
         return stop
 
-    pieces = backend.stream(prompt.text, params, cancel, stats)
+    pieces = backend.stream(prepared.prompt, params, cancel, stats)
     try:
         for raw_piece in pieces:
             if cancel.cancelled:
@@ -203,6 +245,8 @@ def run(
         confidence=min(stats.token_probs) if stats.token_probs else None,
         memory_share=_mean(stats.memory_shares),
         model_id=str(getattr(backend, "model_id", backend.name)),
+        drafted_tokens=int(stats.extra.get("drafted", 0)),
+        accepted_drafts=int(stats.extra.get("accepted", 0)),
     )
     if cancel.cancelled:
         # What was already sent stays the result text, so partials still add up.

@@ -85,6 +85,33 @@ def match_weight(n: int) -> float:
     return SOURCE_WEIGHT_MAX * (1.0 - math.exp(-n / WEIGHT_LENGTH_SCALE)) if n > 0 else 0.0
 
 
+def source_weights(matches: Sequence[Match]) -> list[float]:
+    """Each source's weight in ``mix``: ``match_weight`` of its match, all of them scaled
+    down together when their sum exceeds ``MEMORY_WEIGHT_CAP``."""
+    weights = [match_weight(m.n) if len(m.counts) else 0.0 for m in matches]
+    total = sum(weights)
+    if total > MEMORY_WEIGHT_CAP:
+        weights = [w * MEMORY_WEIGHT_CAP / total for w in weights]
+    return weights
+
+
+def memory_choice(matches: Sequence[Match], min_share: float) -> int | None:
+    """The token the sources alone give at least ``min_share`` of the mixed distribution
+    (so with ``min_share >= 0.5`` it is the greedy choice whatever the model predicts),
+    or None."""
+    mass: dict[int, float] = {}
+    for match, weight in zip(matches, source_weights(matches), strict=True):
+        if weight > 0:
+            for token, p in zip(
+                match.next_ids.tolist(), (match.counts / match.counts.sum()).tolist(), strict=True
+            ):
+                mass[token] = mass.get(token, 0.0) + weight * p
+    if not mass:
+        return None
+    token, best = max(mass.items(), key=lambda item: item[1])
+    return token if best >= min_share else None
+
+
 def mix(probs: npt.NDArray[np.floating], matches: Sequence[Match]) -> tuple[np.ndarray, float]:
     """The model's next-token probabilities mixed with the sources'; and the sources' share.
 
@@ -92,11 +119,8 @@ def mix(probs: npt.NDArray[np.floating], matches: Sequence[Match]) -> tuple[np.n
     scaled down together when they exceed ``MEMORY_WEIGHT_CAP``. A new array; sums to 1
     when ``probs`` does.
     """
-    weights = [match_weight(m.n) if len(m.counts) else 0.0 for m in matches]
+    weights = source_weights(matches)
     share = sum(weights)
-    if share > MEMORY_WEIGHT_CAP:
-        weights = [w * MEMORY_WEIGHT_CAP / share for w in weights]
-        share = MEMORY_WEIGHT_CAP
     mixed = probs * (1.0 - share)
     for match, weight in zip(matches, weights, strict=True):
         if weight > 0:

@@ -5,7 +5,9 @@ at a time) the client sends the keystroke as an incremental change and asks for 
 streamed suggestion, like an editor showing ghost text. It prints p50/p95 of the time
 to the first partial and to the final suggestion, how many prompt tokens the backend
 reused from its KV cache, how often the suggestion cache answered without the model,
-and the server's resident memory.
+and the server's resident memory. Then it opens a file of about 1,000 tokens and asks
+for the first suggestion at places the cache knows nothing of: cold, and after a pause
+in which the client reported the cursor there (`rubytailor/prewarm`).
 
 The session's workspace (``--workspace``, default the repository) is indexed as project
 memory unless ``--no-project-memory``; the typed files themselves are excluded from it,
@@ -26,12 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from rubytailor import bench_engines, paths
+from rubytailor.lsp.workspace_memory import tokenizer_encoder
 from rubytailor.lsp_client import RubytailorClient, StreamOutcome, rss_mib, server_command
 from rubytailor.typing_replay import scenarios_from_file
 
 # The newer request goes out this long after the older one, mid-generation.
 SUPERSEDE_AFTER_S = 0.005
 DEFAULT_FILES = [paths.REPO_ROOT / "examples" / "inventory.rb"]
+# The file opened for the cold figures: the examples, cut to about this many tokens.
+COLD_FILE_TOKENS = 1000
+COLD_FILES = sorted((paths.REPO_ROOT / "examples").glob("*.rb"))
+COLD_PLACES = 6  # places asked cold, and as many after a pre-warmed pause
+PAUSE_S = 1.0  # the pause: longer than the server's idle wait plus a whole prompt
 
 
 @dataclass
@@ -41,6 +49,10 @@ class Tally:
     lines: int = 0
     # Milliseconds from a newer request for the same document to the older one's answer.
     supersede_ms: list[float] = field(default_factory=list)
+    # First suggestions in the ~1,000-token file: cold, and after a pre-warmed pause.
+    cold: list[StreamOutcome] = field(default_factory=list)
+    prewarmed: list[StreamOutcome] = field(default_factory=list)
+    cold_file_tokens: int = 0
 
     def by_source(self, *sources: str) -> list[StreamOutcome]:
         return [o for o in self.outcomes if o.result.get("source") in sources]
@@ -110,6 +122,7 @@ async def replay(args: argparse.Namespace) -> tuple[Tally, float | None, dict[st
                     column += 1
                     tally.outcomes.append(await client.stream(uri, scenario.line, column))
                 await measure_supersede(client, uri, scenario.line + 1, tally)
+        await measure_cold(client, args, tally)
         memory = rss_mib(client.server_pid)
     finally:
         await client.stop()
@@ -134,6 +147,62 @@ async def measure_supersede(client: RubytailorClient, uri: str, line: int, tally
     if outcome.result.get("cancelled"):
         tally.supersede_ms.append((time.perf_counter() - sent) * 1000)
     await newer
+
+
+def cold_file(model_dir: Path) -> tuple[str, int]:
+    """The examples joined and cut at a line end near COLD_FILE_TOKENS tokens; the text
+    and its token count."""
+    encode = tokenizer_encoder(model_dir)
+    text = "\n".join(p.read_text() for p in COLD_FILES)
+    if encode is None:
+        return text, 0
+    lines, kept = text.split("\n"), 0
+    while kept < len(lines) and len(encode("\n".join(lines[: kept + 1]))) <= COLD_FILE_TOKENS:
+        kept += 1
+    text = "\n".join(lines[:kept]) + "\n"
+    return text, len(encode(text))
+
+
+def cold_places(text: str, count: int) -> list[tuple[int, int]]:
+    """(line, character) after the first word of code lines spread over the file."""
+    lines = text.split("\n")
+    candidates = [
+        (n, line.index(line.split()[0]) + len(line.split()[0]))
+        for n, line in enumerate(lines)
+        if len(line.split()) > 2 and not line.lstrip().startswith("#")
+    ]
+    step = max(len(candidates) // count, 1)
+    return candidates[::step][:count]
+
+
+async def measure_cold(client: RubytailorClient, args: argparse.Namespace, tally: Tally) -> None:
+    """The first suggestion at places of a newly opened ~1,000-token file, alternately
+    cold and after a pause in which the client reported the cursor there (pre-warming).
+
+    Each place is far from the last, so nothing of its prompt is in the KV cache (the
+    SPM prompt starts with the text after the cursor).
+    """
+    text, tally.cold_file_tokens = cold_file(args.model or paths.default_model_dir())
+    uri = client.open(paths.REPO_ROOT / "examples" / "cold.bench.rb", text)
+    for i, (line, column) in enumerate(cold_places(text, 2 * COLD_PLACES)):
+        if i % 2:
+            client.prewarm(uri, line, column)
+            await asyncio.sleep(PAUSE_S)
+            tally.prewarmed.append(await client.stream(uri, line, column))
+        else:
+            await asyncio.sleep(PAUSE_S)  # the same pause, with no pre-warming
+            tally.cold.append(await client.stream(uri, line, column))
+    client.close(uri)
+
+
+def _first_line(name: str, outcomes: list[StreamOutcome]) -> str:
+    totals = [o.total_ms for o in outcomes]
+    prompt = sum(int(o.result.get("prompt_tokens") or 0) for o in outcomes)
+    reused = sum(int(o.result.get("reused_tokens") or 0) for o in outcomes)
+    return (
+        f"  {name}: p50 {percentile(totals, 50):.1f} ms, max {max(totals, default=0):.1f} ms "
+        f"({len(outcomes)} places; reused prompt tokens {reused}/{prompt})"
+    )
 
 
 def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: dict) -> str:
@@ -165,6 +234,9 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
         f"p50 {percentile(tally.supersede_ms, 50):.1f} ms, "
         f"p95 {percentile(tally.supersede_ms, 95):.1f} ms  ({len(tally.supersede_ms)} cases)",
         f"  whole line suggested before the first keystroke: {tally.exact_lines}/{tally.lines}",
+        f"  a newly opened file of {tally.cold_file_tokens} tokens, first suggestion at a place:",
+        _first_line("cold", tally.cold),
+        _first_line("after a pause, pre-warmed", tally.prewarmed),
         f"  server RSS: {memory:.0f} MiB (before typing: {info.get('rss_before_typing') or 0:.0f})"
         if memory is not None
         else "  server RSS: unknown",

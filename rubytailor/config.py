@@ -83,6 +83,9 @@ class Settings:
     # suggested code unless events_include_text.
     events: bool = True
     events_include_text: bool = False
+    # Evaluate the prompt where the cursor rests (clients send rubytailor/prewarm) while
+    # the editor is idle, so the first suggestion there starts warm (lsp/prewarm.py).
+    prewarm: bool = True
 
     @property
     def model_key(self) -> tuple[str, str, int | None]:

@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcRequestCancelled
 from pygls.lsp.client import LanguageClient
 
-from rubytailor.protocol import PARTIAL_METHOD, STATUS_METHOD, STREAM_METHOD
+from rubytailor.protocol import PARTIAL_METHOD, PREWARM_METHOD, STATUS_METHOD, STREAM_METHOD
 
 
 def field_of(obj: Any, name: str, default: Any = None) -> Any:
@@ -156,6 +156,13 @@ class RubytailorClient:
                     )
                 ],
             )
+        )
+
+    def prewarm(self, uri: str, line: int, character: int) -> None:
+        """`rubytailor/prewarm`: the cursor rests at (line, character), as editors report."""
+        self.client.protocol.notify(
+            PREWARM_METHOD,
+            {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}},
         )
 
     def close(self, uri: str) -> None:

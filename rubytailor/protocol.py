@@ -29,6 +29,10 @@ DISMISS_METHOD = "rubytailor/didDismissCompletion"
 # Attached to every inline and completion item: clients run an item's command on accept.
 ACCEPT_COMMAND = "rubytailor.didAcceptCompletion"
 ACCEPT_TITLE = "rubytailor: accepted"
+# Client -> server notification, ``PrewarmParams``: the cursor rests here (a document
+# was opened or focused, or the cursor moved); the server evaluates that prompt when
+# the editor has been idle a moment, so the first suggestion there starts warm.
+PREWARM_METHOD = "rubytailor/prewarm"
 # workspace/executeCommand: acceptance figures of this project, the last 30 days
 # ({"text": the `rubytailor stats` table, "total": its total row}).
 STATS_COMMAND = "rubytailor.stats"
@@ -87,3 +91,10 @@ class SuggestionEvent(TypedDict, total=False):
     suggestion_id: str
     item: dict[str, Any]
     acceptedLength: int  # PARTIAL_ACCEPT_METHOD only: characters from the suggestion's start
+
+
+class PrewarmParams(TypedDict):
+    """Params of ``PREWARM_METHOD`` (the shape of TextDocumentPositionParams)."""
+
+    textDocument: dict[str, str]  # {"uri": ...}
+    position: StreamPosition

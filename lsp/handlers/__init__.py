@@ -17,6 +17,7 @@ def register_all(server: RubytailorServer) -> None:
         inline_completion,
         inline_stream,
         lifecycle,
+        prewarm,
         status,
         workspace,
     )
@@ -31,5 +32,6 @@ def register_all(server: RubytailorServer) -> None:
         status,
         commands,
         events,
+        prewarm,
     ):
         module.register(server)

@@ -17,6 +17,7 @@ def did_open(ls: RubytailorServer, params: types.DidOpenTextDocumentParams) -> N
 
 def did_change(ls: RubytailorServer, params: types.DidChangeTextDocumentParams) -> None:
     ls.personalizer.note_activity()  # typing: the background trainer waits for idle
+    ls.prewarmer.preempt()  # the prompt it was warming is out of date
     ls.diagnostics.schedule(params.text_document.uri)
     ls.overlay_document(params.text_document.uri)
 

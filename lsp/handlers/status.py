@@ -40,6 +40,8 @@ async def status(ls: RubytailorServer, params: Any) -> dict[str, Any]:
         "project_memory": ls.memory_status(),
         # The adapter served (its name is also in model_id) and the background trainer.
         "personalization": ls.personalizer.status(),
+        # What pre-warming did (lsp/prewarm.py): scheduled, done, preempted, tokens.
+        "prewarm": dataclasses.asdict(ls.prewarmer.counts),
     }
 
 

@@ -95,3 +95,15 @@ class Backend(Protocol):
         one token of ``cancel`` being set. The caller may also stop iterating early.
         """
         ...
+
+
+@runtime_checkable
+class Prefills(Protocol):
+    """A backend that can evaluate a prompt into its KV cache without generating
+    (pre-warming: ``model/pipeline.py:prewarm``)."""
+
+    def prefill(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> int:
+        """Evaluate what ``stream(prompt, params, ...)`` would evaluate before its first
+        token, in small batches, stopping within one batch of ``cancel``; returns how
+        many prompt tokens were evaluated (0 when the cache already held them)."""
+        ...

@@ -26,7 +26,13 @@ import numpy as np
 
 from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
 from rubytailor.model.fim import FimFormat
-from rubytailor.model.project_memory import DocumentSource, mix
+from rubytailor.model.project_memory import (
+    DocumentSource,
+    Match,
+    MemoryRequest,
+    memory_choice,
+    mix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +47,23 @@ HEALING_MASKS_KEPT = 256
 # Encoded document texts kept for the project memory's document source: the text above
 # the cursor line and below the cursor change rarely while the user types.
 ENCODINGS_KEPT = 8
+# Speculative decoding from the project memory (``_draft``): at most this many drafted
+# tokens per forward pass, each one the memory's choice with at least this share of the
+# mixed distribution, which makes it the greedy choice whatever the model says.
+MAX_DRAFT_TOKENS = 8
+DRAFT_MIN_SHARE = 0.5
 
 
 class TokenLoopBackend:
     """Base class: one loaded model and the token ids in its KV cache. Not thread-safe."""
 
     name = "token-loop"
+    # Whether ``_forward_rows`` is implemented: then drafts from the project memory are
+    # verified in one forward pass (speculative decoding).
+    verifies_drafts = False
+    # Pre-warming evaluates the prompt this many tokens at a time and checks for a real
+    # request between batches, so one pre-empts it within one batch (~15 ms).
+    prefill_batch = 16
     # Why "auto" chose this backend over the faster one, when it had to (shown to users).
     fallback_note: str | None = None
 
@@ -91,6 +108,11 @@ class TokenLoopBackend:
         """Evaluate ``new_ids`` after the cached tokens; next-token logits, float32 (vocab,)."""
         raise NotImplementedError
 
+    def _forward_rows(self, new_ids: Sequence[int], rows: int) -> np.ndarray:
+        """Like ``_forward``, but the next-token logits after each of the last ``rows`` of
+        ``new_ids``: float32 (rows, vocab). Only where ``verifies_drafts``."""
+        raise NotImplementedError
+
     def _crop_cache(self, keep: int) -> bool:
         """Keep the first ``keep`` cached positions; False when the cache cannot be cropped."""
         raise NotImplementedError
@@ -130,6 +152,7 @@ class TokenLoopBackend:
         document = self._document_source(memory.before, memory.after) if memory else None
         decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
         stats.stopped_by = "caller"  # unless the loop ends some other way
+        drafting = params.temperature <= 0 and memory is not None and self.verifies_drafts
         try:
             while True:
                 if cancel.cancelled:
@@ -139,49 +162,84 @@ class TokenLoopBackend:
                     stats.stopped_by = "max_tokens"
                     break
                 step_started = time.perf_counter()
-                logits = self._forward(pending)
+                # Speculation (see ``_draft``): only once healing is done, greedy, memory on.
+                draft, lookups = (
+                    self._draft(pending, memory, document, max_new - stats.generated_tokens - 1)
+                    if drafting and memory is not None and len(generated) >= len(target)
+                    else ([], [])
+                )
+                if draft:
+                    rows = self._forward_rows(pending + draft, len(draft) + 1)
+                    stats.extra["drafted"] = stats.extra.get("drafted", 0) + len(draft)
+                else:
+                    rows = self._forward(pending)[None]
                 self._cached_ids.extend(pending)
-                probs = softmax(logits)
-                share = 0.0
-                if memory is not None:
-                    # The project memory predicts from the same context: prompt + output.
-                    matches = memory.memory.lookup(self._cached_ids, memory.exclude_key, document)
-                    if matches:
-                        probs, share = mix(probs, matches)
-                if len(generated) < len(target):
-                    # Until the text taken off the prompt is re-created, only tokens
-                    # consistent with it may be chosen.
-                    allowed = self._healing_mask(target, generated)
-                    if allowed.any() and probs[allowed].sum() > 0:
-                        probs = np.where(allowed, probs, 0.0)
-                        probs /= probs.sum()
+                self._cached_ids.extend(draft)
+                base = len(self._cached_ids) - len(draft)  # context length of the first row
+                pending = []
+                for j, logits in enumerate(rows):
+                    probs = softmax(logits)
+                    share = 0.0
+                    if memory is not None:
+                        # The project memory predicts from the same context: prompt + output.
+                        matches = (
+                            lookups[j]
+                            if j < len(lookups)
+                            else memory.memory.lookup(
+                                self._cached_ids[: base + j], memory.exclude_key, document
+                            )
+                        )
+                        if matches:
+                            probs, share = mix(probs, matches)
+                    if len(generated) < len(target):
+                        # Until the text taken off the prompt is re-created, only tokens
+                        # consistent with it may be chosen.
+                        allowed = self._healing_mask(target, generated)
+                        if allowed.any() and probs[allowed].sum() > 0:
+                            probs = np.where(allowed, probs, 0.0)
+                            probs /= probs.sum()
+                        else:
+                            # No token fits: let the model go on freely. What it writes is
+                            # still cut where it repeats the rest of the healed text.
+                            target = ""
+                    with np.errstate(divide="ignore"):
+                        token = choose(np.log(probs), params, rng)
+                    stats.token_probs.append(float(probs[token]))
+                    stats.memory_shares.append(share)
+                    if len(generated) < len(target):
+                        generated += self._token_texts()[token]
+                    if "prefill_s" not in stats.extra:
+                        # The prompt's forward pass: what cache reuse saves.
+                        stats.extra["prefill_s"] = time.perf_counter() - step_started
+                    agreed = j < len(draft) and token == draft[j]
+                    if not agreed:
+                        # The rest of the draft was not chosen: out of the cache with it.
+                        pending = self._discard_after(base + j)
+                    if token in self._stop_ids:
+                        stats.stopped_by = "eos"
+                        break
+                    stats.generated_tokens += 1
+                    if agreed:
+                        stats.extra["accepted"] = stats.extra.get("accepted", 0) + 1
                     else:
-                        # No token fits: let the model go on freely. What it writes is
-                        # still cut where it repeats the rest of the healed text.
-                        target = ""
-                with np.errstate(divide="ignore"):
-                    token = choose(np.log(probs), params, rng)
-                stats.token_probs.append(float(probs[token]))
-                stats.memory_shares.append(share)
-                if len(generated) < len(target):
-                    generated += self._token_texts()[token]
-                if "prefill_s" not in stats.extra:
-                    # The prompt's forward pass: what cache reuse saves.
-                    stats.extra["prefill_s"] = time.perf_counter() - step_started
-                if token in self._stop_ids:
-                    stats.stopped_by = "eos"
+                        pending.append(token)
+                    piece = decoder.push(token)
+                    if healed and piece:
+                        # Drop the re-created text: it is already in the document.
+                        cut = common_prefix_length(piece, healed)
+                        piece, healed = piece[cut:], healed[cut:]
+                    if piece:
+                        if stats.first_token_s is None:
+                            stats.first_token_s = time.perf_counter() - started
+                        yield piece
+                    if not agreed:
+                        break
+                    if cancel.cancelled or stats.generated_tokens >= max_new:
+                        # Stop inside an agreed draft: the next row's token is not taken.
+                        pending = self._discard_after(base + j + 1)
+                        break
+                if stats.stopped_by == "eos":
                     break
-                stats.generated_tokens += 1
-                pending = [token]
-                piece = decoder.push(token)
-                if healed and piece:
-                    # Drop the re-created text: it is already in the document.
-                    cut = common_prefix_length(piece, healed)
-                    piece, healed = piece[cut:], healed[cut:]
-                if piece:
-                    if stats.first_token_s is None:
-                        stats.first_token_s = time.perf_counter() - started
-                    yield piece
             tail = decoder.flush()
             if tail:
                 if stats.first_token_s is None:
@@ -195,6 +253,73 @@ class TokenLoopBackend:
             raise
         finally:
             stats.total_s = time.perf_counter() - started
+
+    def prefill(self, prompt: str, params: GenerationParams, cancel: CancelToken) -> int:
+        """Evaluate the prompt ``stream`` would evaluate, all but its last token (``stream``
+        needs that one's logits), ``prefill_batch`` tokens at a time; see ``Prefills``."""
+        ids = self._encode_prompt(prompt, params)
+        if params.token_healing:
+            ids, _ = self._heal(ids)
+        pending = ids[self._reuse_cache(ids) : len(ids) - 1]
+        memory = params.memory
+        if memory is not None:
+            self._document_source(memory.before, memory.after)  # keeps the encodings
+        done = 0
+        try:
+            for start in range(0, len(pending), self.prefill_batch):
+                if cancel.cancelled:
+                    break
+                chunk = pending[start : start + self.prefill_batch]
+                self._forward(chunk)
+                self._cached_ids.extend(chunk)
+                done += len(chunk)
+        except BaseException:
+            self.reset_cache()  # as in stream: a failed pass may leave the cache half-updated
+            raise
+        return done
+
+    def _draft(
+        self,
+        pending: list[int],
+        memory: MemoryRequest,
+        document: DocumentSource | None,
+        limit: int,
+    ) -> tuple[list[int], list[list[Match]]]:
+        """Tokens the project memory alone decides, to verify in one forward pass.
+
+        From the context (cache + ``pending``), while a source's top next token carries
+        at least DRAFT_MIN_SHARE of the mixed distribution (``mix`` gives the model at
+        most the rest, so greedy choice takes that token whatever the model predicts),
+        draft it and look up again. Returns the draft and the lookups made at each
+        drafted position, plus the one after the last when there was one, so the
+        verification does not repeat them.
+        """
+        context = self._cached_ids + pending
+        draft: list[int] = []
+        lookups: list[list[Match]] = []
+        while len(draft) < min(limit, MAX_DRAFT_TOKENS):
+            matches = memory.memory.lookup(context, memory.exclude_key, document)
+            lookups.append(matches)
+            token = memory_choice(matches, DRAFT_MIN_SHARE)
+            if token is None or token in self._stop_ids:
+                break
+            draft.append(token)
+            context.append(token)
+        return draft, lookups
+
+    def _discard_after(self, keep: int) -> list[int]:
+        """Drop cached positions from ``keep`` on (a rejected draft's). Returns the ids
+        that must be evaluated again: none, unless the cache could not be cropped."""
+        if keep >= len(self._cached_ids):
+            return []
+        if self._crop_cache(keep):
+            del self._cached_ids[keep:]
+            return []
+        log.info("%s cannot crop its cache; speculative decoding is off", self.name)
+        self.verifies_drafts = False
+        again = self._cached_ids[:keep]
+        self.reset_cache()
+        return again
 
     def _document_source(self, before: str, after: str) -> DocumentSource:
         """The open document's token ids around the cursor, for the project memory.

@@ -44,6 +44,10 @@ class TransformersBackend(TokenLoopBackend):
     """One loaded model and its KV cache. Not thread-safe: call from one worker thread."""
 
     name = "transformers"
+    # Drafts from the project memory checked in one pass: 9 positions cost 1.5 single-token
+    # passes; 1.66x (cold) and 1.80x (warm) faster suggestions on a Rails app, same text.
+    verifies_drafts = True
+    prefill_batch = 32  # a pass costs ~7 ms whatever its size up to ~16 tokens
 
     def __init__(
         self,
@@ -172,17 +176,20 @@ class TransformersBackend(TokenLoopBackend):
         return True
 
     def _forward(self, new_ids: Sequence[int]) -> np.ndarray:
+        return self._forward_rows(new_ids, 1)[0]
+
+    def _forward_rows(self, new_ids: Sequence[int], rows: int) -> np.ndarray:
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.config)
         input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self._device)
         kwargs: dict[str, Any] = {"input_ids": input_ids, "cache": self._cache, "use_cache": True}
         if self._keeps_logits:
-            kwargs["logits_to_keep"] = 1  # only the last position's logits are needed
+            kwargs["logits_to_keep"] = rows  # only the positions the loop reads
         # Only around the model call: the caller's code must not run in inference mode.
         with torch.inference_mode():
             out = self.model(**kwargs)
         self._cache = out.cache
-        return out.logits[0, -1].float().cpu().numpy()
+        return out.logits[0, -rows:].float().cpu().numpy()
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, fim: FimFormat, config: Any) -> set[int]:

@@ -51,6 +51,7 @@ export const SERVER_SETTINGS = [
   "personalizationBudgetMinutes",
   "events",
   "eventsIncludeText",
+  "prewarm",
 ] as const;
 
 // Settings that only change how the server process is started.

@@ -31,6 +31,8 @@ export const PARTIAL_METHOD = "rubytailor/partial";
 export const SHOW_METHOD = "textDocument/didShowCompletion";
 export const PARTIAL_ACCEPT_METHOD = "textDocument/didPartiallyAcceptCompletion";
 export const DISMISS_METHOD = "rubytailor/didDismissCompletion";
+// The cursor rests here: the server evaluates that prompt once the editor is idle.
+export const PREWARM_METHOD = "rubytailor/prewarm";
 export const ACCEPT_COMMAND = "rubytailor.didAcceptCompletion";
 const ACCEPT_TITLE = "rubytailor: accepted";
 
@@ -141,6 +143,7 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
         if (this.current !== undefined && editor?.document.uri.toString() !== this.current.uri) {
           this.cancel();
         }
+        this.prewarm(editor);
       }),
       vscode.workspace.onDidCloseTextDocument((document) => {
         if (document.uri.toString() === this.current?.uri) {
@@ -368,6 +371,7 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
   }
 
   private onSelection(event: vscode.TextEditorSelectionChangeEvent): void {
+    this.prewarm(event.textEditor);
     const stream = this.current;
     if (stream === undefined || stream.done) {
       return;
@@ -384,6 +388,22 @@ export class StreamingInlineProvider implements vscode.InlineCompletionItemProvi
     if (typed === undefined || !(stream.text.startsWith(typed) || typed.startsWith(stream.text))) {
       this.cancel(true);
     }
+  }
+
+  /** Tells the server where the cursor rests, so the first suggestion there starts warm
+   * (it waits for the editor to be idle, and any request or edit goes first). */
+  private prewarm(editor: vscode.TextEditor | undefined): void {
+    if (editor === undefined || editor.document.languageId !== "ruby" || !this.enabled()) {
+      return;
+    }
+    const selection = editor.selections[0];
+    if (editor.selections.length !== 1 || !selection.isEmpty) {
+      return;
+    }
+    this.notify(PREWARM_METHOD, {
+      textDocument: { uri: editor.document.uri.toString() },
+      position: { line: selection.active.line, character: selection.active.character },
+    });
   }
 
   /** The accept command went to the server (extension.ts's middleware says so). */

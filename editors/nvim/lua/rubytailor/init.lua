@@ -206,6 +206,11 @@ local function attach_buffer(buf)
     cancel_scheduled()
     suggestion.dismiss()
   end)
+  -- The cursor comes to rest (entering insert mode, a pause, another buffer): the
+  -- server warms that prompt while the editor is idle (unless its `prewarm` is false).
+  autocmd({ "InsertEnter", "CursorHold", "CursorHoldI", "BufEnter" }, function()
+    suggestion.prewarm(buf)
+  end)
 
   local keys = M.config.keymaps
   map_key(buf, keys.accept, M.accept, "rubytailor: accept suggestion")

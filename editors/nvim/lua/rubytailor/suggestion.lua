@@ -17,6 +17,7 @@ local STREAM_METHOD = "rubytailor/inlineStream"
 local SHOW_METHOD = "textDocument/didShowCompletion"
 local PARTIAL_ACCEPT_METHOD = "textDocument/didPartiallyAcceptCompletion"
 local DISMISS_METHOD = "rubytailor/didDismissCompletion"
+local PREWARM_METHOD = "rubytailor/prewarm"
 local ACCEPT_COMMAND = "rubytailor.didAcceptCompletion"
 local REQUEST_CANCELLED = -32800 -- LSP ErrorCodes.RequestCancelled
 
@@ -224,6 +225,17 @@ function M.request(buf)
 end
 
 ---@return boolean
+---Tell the server where the cursor rests, so the first suggestion there starts warm (it
+---waits until the editor is idle; any request or edit goes first).
+---@param buf integer
+function M.prewarm(buf)
+  local client = compat.get_clients({ bufnr = buf, name = "rubytailor" })[1]
+  if client and vim.api.nvim_get_current_buf() == buf then
+    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    compat.notify(client, PREWARM_METHOD, params)
+  end
+end
+
 function M.visible()
   return state ~= nil and ghost.visible()
 end
