@@ -114,17 +114,21 @@ local function at_anchor(s)
   return row == s.row and col == s.col
 end
 
+-- Once per suggestion, as soon as both its text is on screen and its id is known.
+local function report_shown(s)
+  if not s.shown and s.suggestion_id and ghost.visible() then
+    s.shown = true
+    notify(s, SHOW_METHOD, {})
+  end
+end
+
 local function render(s)
   if s.text == "" then
     ghost.clear()
     return
   end
   ghost.show(s.buf, s.row, s.col, s.text, config.hl_group)
-  -- Once per suggestion, as soon as both its text is on screen and its id is known.
-  if not s.shown and s.suggestion_id and ghost.visible() then
-    s.shown = true
-    notify(s, SHOW_METHOD, {})
-  end
+  report_shown(s)
 end
 
 -- Partials carry the id from their first text on, the result always (with text).
@@ -202,6 +206,16 @@ function M.request(buf)
       M.dismiss()
       return
     end
+    if type(result) == "table" then
+      take_id(s, result)
+    end
+    if s.done then
+      -- The final partial came first (the server sends it before the response): the
+      -- text is complete, and what the user did since (typed through it, accepted a
+      -- line) has changed it; the result's full text must not undo that.
+      report_shown(s)
+      return
+    end
     if not current(s) then
       M.dismiss()
       return
@@ -209,9 +223,6 @@ function M.request(buf)
     -- The result's text is the final suggestion (the concatenated deltas).
     if result and type(result.text) == "string" then
       s.text = result.text
-    end
-    if type(result) == "table" then
-      take_id(s, result)
     end
     s.done = true
     render(s)
