@@ -45,8 +45,12 @@ def main() -> int:
     cases = [c for c in line_cases(files, args.cases, args.seed) if c.answer]
     memory = memory_of(args.model, files)
     backend = load_backend(args.backend, args.model, threads=1)
-    if not isinstance(backend, TokenLoopBackend) or not backend.verifies_drafts:
-        print(f"{args.backend} does not verify drafts", file=sys.stderr)
+    # Measured whether or not the engine drafts by default.
+    if (
+        not isinstance(backend, TokenLoopBackend)
+        or type(backend)._forward_rows is TokenLoopBackend._forward_rows
+    ):
+        print(f"{args.backend} cannot verify drafts", file=sys.stderr)
         return 2
     prism = Prism.load()
     config = EvalConfig()
@@ -73,7 +77,6 @@ def main() -> int:
                 drafted += cold.drafted_tokens + warm.drafted_tokens
                 accepted += cold.accepted_drafts + warm.accepted_drafts
         same += texts[False] == texts[True]
-    backend.verifies_drafts = True
 
     print(f"speculative decoding: {root.name}, {len(cases)} line cases, {args.backend}, 1 thread")
     for kind in ("cold", "warm"):

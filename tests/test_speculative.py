@@ -61,9 +61,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RUBYTAILOR_CACHE_DIR", str(cache))
         loaded = load_backend(request.param, default_model_dir(), threads=1)
-    assert isinstance(loaded, TokenLoopBackend)
-    # llama.cpp can verify drafts but does not by default (slower there): checked anyway.
-    loaded.verifies_drafts = True
+    assert isinstance(loaded, TokenLoopBackend) and loaded.verifies_drafts
     return loaded
 
 
