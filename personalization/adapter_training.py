@@ -52,6 +52,8 @@ class AdapterConfig:
     # This share of the training tokens is general Ruby (personalization/base_ruby.py),
     # rehearsed so that the adapter learns the project without unlearning the language.
     rehearsal_share: float = 0.3
+    # KL(base || adapted) added to the loss, times this (training/trainer.py); 0: off.
+    kl_weight: float = 0.0
     threads: int = 1
     # The trainer stops (after a checkpoint) when its peak RSS passes this.
     max_rss_mb: int = 3072
@@ -162,6 +164,7 @@ def train_adapter(
         lora_r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_targets=config.lora_targets,
+        kl_weight=config.kl_weight,
         seq_len=context,
         batch_size=config.batch_size,
         lr=config.lr,
@@ -221,6 +224,7 @@ def write_adapter(run_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
         "adapter_of": model_id(model_dir),
         "lora_r": config.lora_r,
         "lora_targets": config.lora_targets,
+        "kl_weight": config.kl_weight,
         "steps": state["step"],
         "tokens_seen": state["tokens_seen"],
         "train_minutes": round(state["elapsed_s"] / 60, 2),

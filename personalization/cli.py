@@ -49,6 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-targets", default=d.lora_targets)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--rehearsal-share", type=float, default=d.rehearsal_share)
+    p.add_argument(
+        "--kl-weight",
+        type=float,
+        default=d.kl_weight,
+        help="weight of KL(base || adapted) in the loss (0: off)",
+    )
     p.add_argument("--fim-rate", type=float, default=d.fim.fim_rate)
     p.add_argument("--line-middle-rate", type=float, default=d.fim.line_middle_rate)
     p.add_argument("--cases", type=int, default=300, help="held-out project cases")
@@ -151,6 +157,7 @@ def _personalize(root: Path, args: argparse.Namespace) -> int:
         lora_targets=args.lora_targets,
         lr=args.lr,
         rehearsal_share=args.rehearsal_share,
+        kl_weight=args.kl_weight,
         fim=replace(
             AdapterConfig().fim, fim_rate=args.fim_rate, line_middle_rate=args.line_middle_rate
         ),

@@ -119,3 +119,26 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[100] == pytest.approx(1e-4)  # min_lr_ratio 0.1
+
+
+def test_kl_to_the_base_is_zero_for_a_fresh_adapter_and_holds_a_trained_one_near_it(
+    tmp_path: Path,
+) -> None:
+    from rubytailor.errors import ConfigError
+    from rubytailor.training.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "base")
+    config = _config(tmp_path, "lora", init_from=model_dir, lora_r=4, vocab_size=0)
+    model = trainer_mod.build_model(config)
+    batch = torch.randint(0, 48, (2, SEQ + 1))  # ids both vocabularies have
+    # peft starts LoRA's B at zero: the adapted model is the base, the KL term is 0.
+    plain = trainer_mod._loss(model, batch)
+    assert trainer_mod._loss(model, batch, 5.0).item() == pytest.approx(plain.item(), abs=1e-6)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    moved = trainer_mod._loss(model, batch)
+    assert trainer_mod._loss(model, batch, 1.0).item() > moved.item() + 1e-4
+    with pytest.raises(ConfigError):
+        trainer_mod._loss(trainer_mod.build_model(_config(tmp_path, "full")), batch, 1.0)

@@ -65,6 +65,10 @@ class TrainConfig:
     lora_alpha: int = 16
     # peft's target_modules: "all-linear", or module names separated by commas ("c_attn,c_proj").
     lora_targets: str = "all-linear"
+    # With LoRA: add this times KL(base || adapted) over every predicted position, the
+    # base being the same model with the adapter switched off (one more forward pass,
+    # no gradient), so the adapter learns the data without moving the model elsewhere.
+    kl_weight: float = 0.0
     seq_len: int = 256
     batch_size: int = 16  # per rank, per optimizer step
     lr: float = 1e-3
@@ -167,10 +171,30 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return model
 
 
-def _loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def _loss(model: torch.nn.Module, batch: torch.Tensor, kl_weight: float = 0.0) -> torch.Tensor:
     # batch: (B, T+1); predict tokens 1..T from 0..T-1.
-    logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+    logits = model(input_ids=batch[:, :-1]).logits.float()  # (B, T, V)
+    flat = logits.reshape(-1, logits.size(-1))
+    loss = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
+    if kl_weight > 0:
+        with torch.no_grad(), _without_adapter(model):
+            base = model(input_ids=batch[:, :-1]).logits.float().reshape(-1, logits.size(-1))
+        kl = F.kl_div(
+            F.log_softmax(flat, dim=-1),
+            F.log_softmax(base, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        loss = loss + kl_weight * kl
+    return loss
+
+
+def _without_adapter(model: torch.nn.Module) -> Any:
+    """peft's context that switches the LoRA weights off (DDP-wrapped or not)."""
+    inner: Any = getattr(model, "module", model)
+    if not hasattr(inner, "disable_adapter"):
+        raise ConfigError("kl_weight needs a LoRA run (lora_r > 0)")
+    return inner.disable_adapter()
 
 
 ProgressHook = Callable[[dict[str, float]], bool | None]
@@ -262,7 +286,7 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
         ids = window_ids(state.step, config.batch_size, rank, world, n_windows, config.seed)
         batch = get_batch(train_tokens, ids, config.seq_len).to(device)
         with autocast:
-            loss = _loss(train_model, batch)
+            loss = _loss(train_model, batch, config.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
