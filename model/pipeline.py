@@ -210,6 +210,17 @@ def run(
             else:
                 # Stop rules may retract lines (repetition); what was sent stays sent.
                 logger.info("released text shrank; keeping what was sent")
+        # Confidence only falls, so no line from here on can pass the gate: unless a
+        # finished line still waits to be released, nothing more will be shown, and the
+        # rest of the line need not be generated (the result is the same).
+        if (
+            not stop
+            and confidence_now() < request.min_confidence
+            and rules.text.startswith(released)
+            and "\n" not in rules.text[len(released) :].lstrip(" \t\r\n")
+        ):
+            gated = True
+            return True
         return stop
 
     pieces = backend.stream(prepared.prompt, params, cancel, stats)

@@ -210,6 +210,8 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
     cached = tally.by_source("typed_through", "exact")
     first = [o.first_partial_ms for o in model_served if o.first_partial_ms is not None]
     final_model = [o.total_ms for o in model_served]
+    # Suggestions of at most one line: the typing case (multi-line ones generate more).
+    one_line = [o.total_ms for o in model_served if "\n" not in o.text.rstrip("\n")]
     final_all = [o.total_ms for o in tally.outcomes]
     prompt = sum(int(o.result.get("prompt_tokens") or 0) for o in model_served)
     reused = sum(int(o.result.get("reused_tokens") or 0) for o in model_served)
@@ -226,6 +228,8 @@ def report(args: argparse.Namespace, tally: Tally, memory: float | None, info: d
         f"p95 {percentile(first, 95):.1f} ms  ({len(first)} with text)",
         f"  time to final (model):         p50 {percentile(final_model, 50):.1f} ms, "
         f"p95 {percentile(final_model, 95):.1f} ms",
+        f"  time to final (model, one line or none): p50 {percentile(one_line, 50):.1f} ms, "
+        f"p95 {percentile(one_line, 95):.1f} ms  ({len(one_line)})",
         f"  time to final (all requests):  p50 {percentile(final_all, 50):.1f} ms, "
         f"p95 {percentile(final_all, 95):.1f} ms",
         f"  reused prompt tokens (model):  {reused}/{prompt} = "
