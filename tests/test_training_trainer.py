@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,27 @@ def test_kl_to_the_base_is_zero_for_a_fresh_adapter_and_holds_a_trained_one_near
     assert trainer_mod._loss(model, batch, 1.0).item() > moved.item() + 1e-4
     with pytest.raises(ConfigError):
         trainer_mod._loss(trainer_mod.build_model(_config(tmp_path, "full")), batch, 1.0)
+
+
+def test_learned_positions_extend_to_a_longer_context_without_changing_earlier_ones(
+    tmp_path: Path,
+) -> None:
+    from rubytailor.training.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "base", n_positions=32)
+    config = _config(tmp_path, "long", init_from=model_dir, seq_len=80, vocab_size=0)
+    original = trainer_mod.build_model(_config(tmp_path, "short", init_from=model_dir))
+    model = trainer_mod.build_model(config)
+    table = model.transformer.wpe.weight
+    assert table.shape[0] == 80 and model.config.n_positions == 80
+    old = original.transformer.wpe.weight
+    assert torch.equal(table[:32], old) and torch.equal(table[32:64], old)
+    assert torch.equal(table[64:], old[:16])
+    ids = torch.randint(0, 48, (1, 80))
+    with torch.no_grad():
+        long = model(input_ids=ids).logits
+        short = original(input_ids=ids[:, :32]).logits
+    assert torch.allclose(long[:, :32], short, atol=1e-5)  # causal: the first 32 see the same
+    # And training runs at the longer length.
+    state = train(replace(config, max_steps=3))
+    assert state.step == 3

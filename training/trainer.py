@@ -137,6 +137,8 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     if config.init_from is not None:
         model = AutoModelForCausalLM.from_pretrained(str(config.init_from), local_files_only=True)
         model = model.float()
+        if config.seq_len > int(getattr(model.config, "n_positions", config.seq_len)):
+            extend_positions(model, config.seq_len)
     else:
         s = config.shape
         hf_config = GPTBigCodeConfig(
@@ -169,6 +171,27 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         )
         model = get_peft_model(model, lora)
     return model
+
+
+def extend_positions(model: torch.nn.Module, n_positions: int) -> None:
+    """Grow a GPTBigCode model's learned position table to ``n_positions`` rows, for
+    continued training at a longer context: the trained rows are kept and repeated
+    over the new ones (as Longformer extended RoBERTa's), so every new position starts
+    from a trained embedding instead of noise. Earlier positions compute exactly what
+    they did before."""
+    transformer: Any = getattr(model, "transformer", None)
+    old = getattr(transformer, "wpe", None)
+    if not isinstance(old, torch.nn.Embedding):
+        raise ConfigError("only GPTBigCode-style models (transformer.wpe) can be extended")
+    have = old.num_embeddings
+    grown = torch.nn.Embedding(n_positions, old.embedding_dim, dtype=old.weight.dtype)
+    with torch.no_grad():
+        for start in range(0, n_positions, have):
+            rows = min(have, n_positions - start)
+            grown.weight[start : start + rows] = old.weight[:rows]
+    transformer.wpe = grown
+    model.config.n_positions = n_positions  # type: ignore[union-attr]  # HF config
+    log.info("extended the learned positions from %d to %d", have, n_positions)
 
 
 def _loss(model: torch.nn.Module, batch: torch.Tensor, kl_weight: float = 0.0) -> torch.Tensor:
