@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rubytailor.errors import DocumentError
+from rubytailor.lsp.suggestion import completion_request, unsuitable
 from rubytailor.model.backends.base import CancelToken
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class PrewarmCounts:
 
     scheduled: int = 0
     done: int = 0  # prompts evaluated to the end (or found already in the cache)
-    preempted: int = 0  # dropped or stopped by a request or an edit
+    preempted: int = 0  # dropped or stopped: a newer position, a request or an edit
     tokens: int = 0  # prompt tokens evaluated
 
 
@@ -68,15 +69,14 @@ class Prewarmer:
 
     def _start(self, uri: str, line: int, character: int) -> None:
         self._timer = None
-        from rubytailor.lsp.suggestion import completion_request  # (a cycle at import)
-
         server = self._server
         settings = server.settings
         # (The settings are checked now: the client's arrive after the first notifications.)
         if not (server.settings_ready.is_set() and settings.prewarm and settings.enable):
             return
         snapshot = server.snapshot(uri)
-        if snapshot is None:
+        # What gets no suggestions (too large, binary) is not worth warming either.
+        if snapshot is None or unsuitable(server, snapshot) is not None:
             return
         try:
             request = completion_request(server, snapshot, snapshot.offset_at(line, character))

@@ -68,7 +68,7 @@ async def suggest(
     except DocumentError as exc:
         _log_skip(method, uri, snapshot.version, f"bad position: {exc}", started)
         raise JsonRpcInvalidParams(str(exc)) from exc
-    reason = _unsuitable(ls, snapshot)
+    reason = unsuitable(ls, snapshot)
     if reason is not None:
         _log_skip(method, uri, snapshot.version, reason, started)
         return None
@@ -135,7 +135,7 @@ def _memory_state(ls: RubytailorServer) -> str:
     return f"{status['state']}:{status['files']}files/{status['tokens']}tokens"
 
 
-def _unsuitable(ls: RubytailorServer, snapshot: Snapshot) -> str | None:
+def unsuitable(ls: RubytailorServer, snapshot: Snapshot) -> str | None:
     """Why a document gets no suggestions, or None."""
     text = snapshot.text
     limit = ls.settings.max_file_bytes

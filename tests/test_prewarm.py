@@ -128,3 +128,16 @@ async def test_prewarm_false_turns_it_off(tiny_model_dir: Path) -> None:
         await asyncio.sleep(0.6)
         counts = await prewarm_counts(client)
     assert counts["done"] == 0 and counts["tokens"] == 0, counts
+
+
+async def test_a_document_too_large_for_suggestions_is_not_prewarmed(tiny_model_dir: Path) -> None:
+    settings = {"backend": "transformers", "modelPath": str(tiny_model_dir), "maxFileBytes": 16}
+    async with session(settings) as client:
+        open_doc(client, URI, DOC)
+        await stream(client, URI, 2, 4)  # the model is loaded (and the document refused)
+        client.protocol.notify(
+            PREWARM_METHOD, {"textDocument": {"uri": URI}, "position": {"line": 2, "character": 4}}
+        )
+        await asyncio.sleep(0.6)
+        counts = await prewarm_counts(client)
+    assert counts["scheduled"] == 1 and counts["done"] == 0 and counts["tokens"] == 0, counts

@@ -182,13 +182,12 @@ class TokenLoopBackend:
                     share = 0.0
                     if memory is not None:
                         # The project memory predicts from the same context: prompt + output.
-                        matches = (
-                            lookups[j]
-                            if j < len(lookups)
-                            else memory.memory.lookup(
-                                self._cached_ids[: base + j], memory.exclude_key, document
-                            )
-                        )
+                        if j < len(lookups):
+                            matches = lookups[j]  # made while drafting, same context
+                        else:
+                            # Row j's context: the cache up to it (all of it without a draft).
+                            context = self._cached_ids[: base + j] if draft else self._cached_ids
+                            matches = memory.memory.lookup(context, memory.exclude_key, document)
                         if matches:
                             probs, share = mix(probs, matches)
                     if len(generated) < len(target):
