@@ -57,3 +57,13 @@ def test_corpus_tokenizer_prepare_commands(tmp_path: Path) -> None:
     assert meta["tokens"] == tokens.size > 500
     assert int(tokens.max()) < meta["vocab_size"]
     assert (tokens == 1).sum() > 0  # <fim_prefix>: FIM examples are in the stream
+
+    # --chunk-chars sets the example size (3200 for a 1024 context); these files are
+    # ~700 characters, one 800-character chunk each, so 200 cuts them into more examples.
+    short_data = tmp_path / "data-short"
+    argv[-1] = str(short_data)
+    assert main([*argv, "--splits", "train", "--chunk-chars", "200"]) == 0
+    short_meta = json.loads((short_data / "train.json").read_text())
+    assert (meta["fim"]["chunk_chars"], short_meta["fim"]["chunk_chars"]) == (800, 200)
+    short_tokens = np.fromfile(short_data / "train.bin", dtype=np.uint16)
+    assert (short_tokens == 1).sum() > (tokens == 1).sum() > 0

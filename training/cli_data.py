@@ -95,6 +95,12 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", nargs="*", default=["train", "validation", "test"])
     p.add_argument("--fim-rate", type=float, default=f.fim_rate)
     p.add_argument("--spm-rate", type=float, default=f.spm_rate)
+    p.add_argument(
+        "--chunk-chars",
+        type=int,
+        default=f.chunk_chars,
+        help="characters per FIM example; about 3.2 x the training --seq-len",
+    )
     p.add_argument("--seed", type=int, default=f.seed)
     p.set_defaults(func=run_prepare)
 
@@ -180,7 +186,12 @@ def run_prepare(args: argparse.Namespace) -> int:
     from rubytailor.training.fim_dataset import FimConfig
     from rubytailor.training.prepare import prepare_split
 
-    config = FimConfig(fim_rate=args.fim_rate, spm_rate=args.spm_rate, seed=args.seed)
+    config = FimConfig(
+        fim_rate=args.fim_rate,
+        spm_rate=args.spm_rate,
+        chunk_chars=args.chunk_chars,
+        seed=args.seed,
+    )
     for split in args.splits:
         prepare_split(args.corpus, args.tokenizer, args.out, split, config)
     return 0
