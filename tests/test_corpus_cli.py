@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from rubytailor.training.cli_data import main
+from rubytailor.training.cli_train import main as train_main
+from rubytailor.training.fim_dataset import FimConfig, chunk_chars_for
 from rubytailor.training.licenses import license_from_gem_dir
 
 
@@ -67,3 +70,30 @@ def test_corpus_tokenizer_prepare_commands(tmp_path: Path) -> None:
     assert (meta["fim"]["chunk_chars"], short_meta["fim"]["chunk_chars"]) == (800, 200)
     short_tokens = np.fromfile(short_data / "train.bin", dtype=np.uint16)
     assert (short_tokens == 1).sum() > (tokens == 1).sum() > 0
+
+
+def test_train_builds_its_data_with_examples_sized_to_its_context(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    gem = _gem(tmp_path / "src", "alpha", 's.license = "MIT"')
+    assert main(["corpus", "--no-debian", "--dir", str(gem), "--out", str(corpus)]) == 0
+    tok_dir = tmp_path / "tok"
+    assert (
+        main(["tokenizer", "--corpus", str(corpus), "--out", str(tok_dir), "--vocab-size", "300"])
+        == 0
+    )
+    run_dir = tmp_path / "run"
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        paths = ["--run", str(run_dir), "--corpus", str(corpus), "--tokenizer", str(tok_dir)]
+        shape = ["--vocab-size", "300", "--n-embd", "32", "--n-layer", "1", "--n-head", "2"]
+        steps = ["--seq-len", "64", "--batch-size", "2", "--max-steps", "1", "--eval-every", "0"]
+        code = train_main([*paths, *shape, *steps])
+    finally:
+        for handler in set(root.handlers) - set(handlers):
+            root.removeHandler(handler)
+            handler.close()
+    assert code == 0
+    meta = json.loads((run_dir / "data" / "train.json").read_text())
+    assert meta["fim"]["chunk_chars"] == chunk_chars_for(64) == 200
+    assert chunk_chars_for(256) == FimConfig().chunk_chars == 800

@@ -99,7 +99,7 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
         "--chunk-chars",
         type=int,
         default=f.chunk_chars,
-        help="characters per FIM example; about 3.2 x the training --seq-len",
+        help="characters per FIM example (default: one 256-token window; 3200 for 1024)",
     )
     p.add_argument("--seed", type=int, default=f.seed)
     p.set_defaults(func=run_prepare)

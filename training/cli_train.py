@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from rubytailor.errors import ConfigError
-from rubytailor.training.fim_dataset import FimConfig
+from rubytailor.training.fim_dataset import FimConfig, chunk_chars_for
 from rubytailor.training.trainer import ModelShape, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
             save_tokenizer(train_tokenizer(texts, args.vocab_size), tokenizer_dir, args.seq_len)
         if args.init_from is not None and args.tokenizer is None:
             tokenizer_dir = args.init_from
-        fim = FimConfig(fim_rate=args.fim_rate, spm_rate=args.spm_rate, seed=args.seed)
+        fim = FimConfig(
+            fim_rate=args.fim_rate,
+            spm_rate=args.spm_rate,
+            chunk_chars=chunk_chars_for(args.seq_len),
+            seed=args.seed,
+        )
         for split in ("train", "validation"):
             if not (data_dir / f"{split}.bin").is_file():
                 prepare_split(args.corpus, tokenizer_dir, data_dir, split, fim)

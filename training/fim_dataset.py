@@ -45,8 +45,14 @@ class FimConfig:
     fim_rate: float = 0.5
     spm_rate: float = 0.7  # serving uses SPM (cache-friendly), so it gets most examples
     line_middle_rate: float = 0.5
-    chunk_chars: int = 800  # about one training window of tokens at ~3.7 bytes/token
+    chunk_chars: int = 800  # chunk_chars_for(256): about one 256-token training window
     seed: int = 0
+
+
+def chunk_chars_for(seq_len: int) -> int:
+    """Example size that fills a ``seq_len`` training window (code is ~3.2-3.5 bytes per
+    token), so a longer context also trains on FIM prompts with a longer prefix/suffix."""
+    return seq_len * 25 // 8
 
 
 def chunk_lines(text: str, max_chars: int) -> list[str]:

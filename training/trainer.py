@@ -239,8 +239,10 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
     is_main = rank == 0
     train_tokens = load_tokens(config.data_dir / "train.bin")
     val_path = config.data_dir / "validation.bin"
-    val_tokens = load_tokens(val_path) if val_path.is_file() else None
-    if val_tokens is not None and len(val_tokens) <= config.seq_len:
+    # numpy cannot map an empty file (a corpus whose validation split got no files).
+    has_val = val_path.is_file() and val_path.stat().st_size > 0
+    val_tokens = load_tokens(val_path) if has_val else None
+    if val_path.is_file() and (val_tokens is None or len(val_tokens) <= config.seq_len):
         log.warning("%s is shorter than one window; no validation loss", val_path)
         val_tokens = None
     n_windows = (len(train_tokens) - 1) // config.seq_len
