@@ -487,9 +487,15 @@ class ProjectMemory:
         context_ids: TokenIds,
         exclude_key: str | None = None,
         document: DocumentSource | None = None,
+        anchor: int | None = None,
     ) -> list[Match]:
-        """Matches with n > 0, document first; empty when neither source has one."""
-        rev_context = _reversed_tail(context_ids, min(self.max_len, self.index.depth))
+        """Matches with n > 0, document first; empty when neither source has one.
+
+        With ``anchor`` (a position in ``context_ids``), a match must reach back before
+        it: one that lies wholly after it is dropped (see ``reaches``).
+        """
+        max_len = min(self.max_len, self.index.depth)
+        rev_context = _reversed_tail(context_ids, max_len)
         matches = []
         if document is not None:
             found = document._search(rev_context)
@@ -498,7 +504,23 @@ class ProjectMemory:
         found = self.index._search(rev_context, exclude_key)
         if found[0]:
             matches.append(_as_match(found, "workspace"))
-        return matches
+        if anchor is None:
+            return matches
+        tail = len(context_ids) - anchor
+        return [m for m in matches if reaches(m.n, tail, max_len)]
+
+
+def reaches(n: int, tail: int, max_len: int = MAX_MATCH_LEN) -> bool:
+    """Whether a match of ``n`` tokens reaches back past the context's last ``tail``.
+
+    The token loop anchors the suggestion's first line at the prompt: a match that lies
+    wholly inside what the suggestion itself wrote is evidence of nothing but that
+    text, and, once the memory chose those tokens, it grows by itself token after
+    token (on Redmine, ``def render_role_inheritanc`` went on with the licence header's
+    ``., 51 Franklin Street, ...`` after a one-token match on the healed ``c``). A match
+    of ``max_len`` tokens may reach further than was compared, so it counts.
+    """
+    return n > tail or n >= max_len
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,24 @@ def test_project_memory_lookup_combines_sources() -> None:
     assert memory.lookup([8, 8]) == []
 
 
+def test_anchored_lookup_drops_matches_inside_the_suggestion() -> None:
+    index = WorkspaceIndex(background_merge=False)
+    index.update_many({"other.rb": [7, 5, 6, 4, 2, 3, 9]})
+    memory = ProjectMemory(index)
+    # Prompt [1, 2], suggestion so far [3]: the match [2, 3] -> 9 reaches into the prompt.
+    assert [m.n for m in memory.lookup([1, 2, 3], anchor=2)] == [2]
+    # Prompt [1], suggestion so far [5, 6]: [5, 6] -> 4 lies wholly in the suggestion.
+    assert memory.lookup([1, 5, 6], anchor=1) == []
+    assert [m.n for m in memory.lookup([1, 5, 6], anchor=2)] == [2]  # [5] is prompt
+    assert [m.n for m in memory.lookup([1, 5, 6])] == [2]  # no anchor: every match counts
+    # A match as long as the index compares may reach further back than it shows.
+    long_index = WorkspaceIndex(background_merge=False)
+    long_index.update_many({"other.rb": list(range(10, 10 + MAX_MATCH_LEN + 2))})
+    ids = list(range(10, 10 + MAX_MATCH_LEN + 1))
+    found = ProjectMemory(long_index).lookup(ids, anchor=len(ids) - MAX_MATCH_LEN)
+    assert [m.n for m in found] == [MAX_MATCH_LEN]
+
+
 def test_a_query_does_not_wait_for_a_build(monkeypatch: pytest.MonkeyPatch) -> None:
     import rubytailor.model.project_memory as project_memory
 

@@ -153,6 +153,9 @@ class TokenLoopBackend:
         decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
         stats.stopped_by = "caller"  # unless the loop ends some other way
         drafting = params.temperature <= 0 and memory is not None and self.verifies_drafts
+        # Memory matches must reach into the prompt while the first line is written
+        # (``project_memory.reaches``); None once the suggestion has a newline.
+        anchor: int | None = len(ids)
         try:
             while True:
                 if cancel.cancelled:
@@ -164,7 +167,9 @@ class TokenLoopBackend:
                 step_started = time.perf_counter()
                 # Speculation (see ``_draft``): only once healing is done, greedy, memory on.
                 draft, lookups = (
-                    self._draft(pending, memory, document, max_new - stats.generated_tokens - 1)
+                    self._draft(
+                        pending, memory, document, max_new - stats.generated_tokens - 1, anchor
+                    )
                     if drafting and memory is not None and len(generated) >= len(target)
                     else ([], [])
                 )
@@ -187,7 +192,9 @@ class TokenLoopBackend:
                         else:
                             # Row j's context: the cache up to it (all of it without a draft).
                             context = self._cached_ids[: base + j] if draft else self._cached_ids
-                            matches = memory.memory.lookup(context, memory.exclude_key, document)
+                            matches = memory.memory.lookup(
+                                context, memory.exclude_key, document, anchor
+                            )
                         if matches:
                             probs, share = mix(probs, matches)
                     if len(generated) < len(target):
@@ -207,6 +214,8 @@ class TokenLoopBackend:
                     stats.memory_shares.append(share)
                     if len(generated) < len(target):
                         generated += self._token_texts()[token]
+                    elif "\n" in self._token_texts()[token]:
+                        anchor = None
                     if "prefill_s" not in stats.extra:
                         # The prompt's forward pass: what cache reuse saves.
                         stats.extra["prefill_s"] = time.perf_counter() - step_started
@@ -283,6 +292,7 @@ class TokenLoopBackend:
         memory: MemoryRequest,
         document: DocumentSource | None,
         limit: int,
+        anchor: int | None,
     ) -> tuple[list[int], list[list[Match]]]:
         """Tokens the project memory alone decides, to verify in one forward pass.
 
@@ -297,13 +307,15 @@ class TokenLoopBackend:
         draft: list[int] = []
         lookups: list[list[Match]] = []
         while len(draft) < min(limit, MAX_DRAFT_TOKENS):
-            matches = memory.memory.lookup(context, memory.exclude_key, document)
+            matches = memory.memory.lookup(context, memory.exclude_key, document, anchor)
             lookups.append(matches)
             token = memory_choice(matches, DRAFT_MIN_SHARE)
             if token is None or token in self._stop_ids:
                 break
             draft.append(token)
             context.append(token)
+            if "\n" in self._token_texts()[token]:
+                anchor = None  # as the verification will see it
         return draft, lookups
 
     def _discard_after(self, keep: int) -> list[int]:
