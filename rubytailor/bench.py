@@ -83,6 +83,8 @@ def session_settings(args: argparse.Namespace) -> dict[str, Any]:
         settings["modelPath"] = str(args.model)
     if args.threads:
         settings["threads"] = args.threads
+    if args.max_prompt_tokens:
+        settings["maxPromptTokens"] = args.max_prompt_tokens
     return settings
 
 
@@ -282,6 +284,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the session's workspace folder, indexed as project memory",
     )
     parser.add_argument("--no-project-memory", action="store_true")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="the maxPromptTokens setting"
+    )
     parser.add_argument("--server-log", type=Path, default=None, help="the server's log file")
     parser.add_argument(
         "--minutes", type=float, default=5.0, help="soak: how long to type (default 5)"

@@ -30,6 +30,7 @@ def test_a_short_soak_answers_every_request(tmp_path: Path) -> None:
         seed=3,
         workspace=workspace,
         no_project_memory=True,
+        max_prompt_tokens=None,
         server_log=None,
         minutes=0.15,
     )

@@ -23,7 +23,7 @@ def test_empty_settings_are_the_documented_defaults() -> None:
     assert settings.enable is True
     assert settings.backend == "auto"
     assert settings.model_path == str(paths.default_model_dir())
-    assert (settings.max_lines, settings.max_tokens, settings.max_prompt_tokens) == (8, 64, 1024)
+    assert (settings.max_lines, settings.max_tokens, settings.max_prompt_tokens) == (8, 64, 512)
     assert settings.max_file_bytes == 1_000_000
     assert settings.diagnostics is True
     assert settings.threads == 1
