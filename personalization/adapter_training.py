@@ -46,7 +46,10 @@ class AdapterConfig:
     lora_alpha: int = 32
     lora_targets: str = "all-linear"
     lr: float = 1e-3
-    batch_size: int = 8
+    # Tokens per optimizer step: 8 sequences at the 256-token context the defaults were
+    # measured with. A longer context gets fewer sequences, not more tokens: 8 x 1,024
+    # passed the memory bound below within a minute.
+    tokens_per_step: int = 2048
     warmup_steps: int = 20
     fim_passes: int = 4
     # This share of the training tokens is general Ruby (personalization/base_ruby.py),
@@ -166,7 +169,7 @@ def train_adapter(
         lora_targets=config.lora_targets,
         kl_weight=config.kl_weight,
         seq_len=context,
-        batch_size=config.batch_size,
+        batch_size=batch_size(config, context),
         lr=config.lr,
         warmup_steps=config.warmup_steps,
         weight_decay=0.0,
@@ -253,6 +256,11 @@ def discard_runs(work_dir: Path, keep: Path | None = None) -> None:
     for run in work_dir.glob("run-*"):
         if run != keep:
             shutil.rmtree(run, ignore_errors=True)
+
+
+def batch_size(config: AdapterConfig, seq_len: int) -> int:
+    """Sequences per step: ``tokens_per_step`` of them at ``seq_len``, at least one."""
+    return max(1, config.tokens_per_step // seq_len)
 
 
 def _context_length(model_dir: Path) -> int:

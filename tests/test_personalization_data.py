@@ -11,6 +11,7 @@ import pytest
 
 from rubytailor.personalization.adapter_training import (
     AdapterConfig,
+    batch_size,
     prepare_data,
     rehearsal_texts,
 )
@@ -86,3 +87,9 @@ def test_the_training_file_holds_project_and_rehearsed_code(
     tokens = np.fromfile(tmp_path / "b" / "train.bin", dtype=np.uint16)
     assert tokens.size == mixed
     assert (tmp_path / "b" / "validation.bin").is_file()
+
+
+def test_a_longer_context_trains_fewer_sequences_per_step_not_more_tokens() -> None:
+    config = AdapterConfig()
+    assert [batch_size(config, n) for n in (256, 512, 1024)] == [8, 4, 2]
+    assert batch_size(AdapterConfig(tokens_per_step=100), 1024) == 1
