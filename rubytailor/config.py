@@ -50,7 +50,7 @@ class Settings:
     max_tokens: int = field(default=64, metadata={"min": 1, "max": 512})
     # Capped again at request time by the loaded model's context length. 512, not the
     # 1024 the model sees: on planner and casa 1024 adds 0-1 point of exact match over
-    # 512 and costs a third more per keystroke (README "Latency").
+    # 512 and costs a third more per keystroke (README "Figures").
     max_prompt_tokens: int = field(default=512, metadata={"min": 32, "max": 131_072})
     max_file_bytes: int = field(default=1_000_000, metadata={"min": 1, "max": 100_000_000})
     diagnostics: bool = True
