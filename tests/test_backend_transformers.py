@@ -176,15 +176,15 @@ def test_reused_tokens_counts_the_shared_prompt_prefix(backend: TransformersBack
 
 def test_accepting_a_suggestion_reuses_its_generated_tokens(backend: TransformersBackend) -> None:
     backend.reset_cache()
-    # Healing re-tokenizes the prompt's last token together with the first generated
-    # one, so this exact-token check runs without it. Mid-word, so the (untrained)
-    # model's suggestion is not whitespace, which would re-tokenize together with the
-    # indentation before it and not match the model's own tokens.
+    # Healing takes the prompt's last word off (and would take the suggestion's off the
+    # second prompt), so this exact-token check runs without it. Mid-word, so the
+    # (untrained) model's suggestion is not whitespace, which would re-tokenize together
+    # with the indentation before it and not match the model's own tokens.
     prompt = spm("config.each do |key, value|\n  puts key")
     params = GenerationParams(max_new_tokens=8, token_healing=False)
     suggestion, first = generate(backend, prompt, params)
     assert suggestion
-    _, after = generate(backend, prompt + suggestion)
+    _, after = generate(backend, prompt + suggestion, params)
     # The prompt, and the suggestion the model itself wrote, were already in the cache.
     assert after.reused_tokens > first.prompt_tokens
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 
 from rubytailor.model.backends import load_backend, token_loop
 from rubytailor.model.backends.base import CancelToken, GenerationParams, GenerationStats
-from rubytailor.model.backends.token_loop import TokenLoopBackend, heals
+from rubytailor.model.backends.token_loop import MAX_HEALED_TOKENS, TokenLoopBackend, heals
 from rubytailor.model.fim import get_format
+from rubytailor.model.project_memory import MemoryRequest, ProjectMemory
 from rubytailor.model.prompt import assemble
 from rubytailor.training.tiny import build_tiny_model
 
@@ -88,6 +90,49 @@ def test_the_text_taken_off_is_regenerated_and_not_repeated(
     assert regenerated.startswith(taken)
     # The suggestion is what follows that text, not the text again.
     assert text == regenerated[len(taken) :].rstrip("\ufffd")
+
+
+@pytest.mark.parametrize(
+    "prefix", ["class Cart\n  def initialize\n    respo", "  def total_pri", "x = @opt"]
+)
+def test_a_word_cut_mid_way_is_taken_off_whole(backend: TokenLoopBackend, prefix: str) -> None:
+    """Every token of the word the cursor is in comes off, not just the last one: with
+    "el" + "s" of "els" left as "el", the model never saw "else" start that way."""
+    ids = backend._encode(assemble(prefix, "\nend\n", FIM, "spm"))
+    healed, taken = backend._heal(ids)
+    word = re.search(r"\w+$", prefix)
+    assert word is not None and len(ids) - len(healed) >= 2  # the word spans tokens
+    assert len(ids) - len(healed) <= MAX_HEALED_TOKENS
+    assert taken.endswith(word.group()) and prefix.endswith(taken)
+    # What is left ends outside the word.
+    assert not re.search(r"\w$", backend._decode(healed[-1:]))
+
+
+def test_the_open_file_does_not_predict_the_text_healing_took_off(
+    backend: TokenLoopBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document's own cursor line must not be memory for its healed tail: it would
+    predict exactly the token boundary healing takes off (on Redmine, leaving it in
+    cost 4 points of exact match)."""
+    prefix = "class Cart\n  def total\n    @zebra_quota_for_walrus = compa"
+    first_match: list[int] = []
+    lookup = ProjectMemory.lookup
+
+    def spy(self: ProjectMemory, context: Any, exclude: Any, document: Any, anchor: Any) -> Any:
+        if not first_match and document is not None:
+            first_match.append(document.longest_match(context).n)
+        return lookup(self, context, exclude, document, anchor)
+
+    monkeypatch.setattr(ProjectMemory, "lookup", spy)
+    backend.reset_cache()
+    memory = MemoryRequest(ProjectMemory(), prefix, "\nend\n")
+    params = GenerationParams(max_new_tokens=4, memory=memory)
+    prompt = assemble(prefix, "\nend\n", FIM, "spm")
+    list(backend.stream(prompt, params, CancelToken(), GenerationStats()))
+    assert backend._heal(backend._encode_prompt(prompt, params))[1].endswith("compa")
+    # The cursor line occurs once in the file: with its last word taken off, nothing
+    # in the file matches more than a token or two of it (with it, the whole line did).
+    assert first_match and first_match[0] <= 2
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # word's leading space at the start of a decode (SentencePiece) still produce it.
 DECODE_CONTEXT_TOKENS = 5
 REPLACEMENT_CHAR = "\ufffd"
-# Token healing: at most this many trailing whitespace tokens are taken off the prompt,
+# Token healing: at most this many trailing tokens (a word's or whitespace) are taken off,
 # and this many (target, generated) masks are kept (each is one bool per token).
 MAX_HEALED_TOKENS = 8
 HEALING_MASKS_KEPT = 256
@@ -149,7 +149,11 @@ class TokenLoopBackend:
         pending = ids[stats.reused_tokens :]
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
         memory = params.memory
-        document = self._document_source(memory.before, memory.after) if memory else None
+        document = (
+            self._document_source(_unhealed(memory.before, target), memory.after)
+            if memory
+            else None
+        )
         decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
         stats.stopped_by = "caller"  # unless the loop ends some other way
         drafting = params.temperature <= 0 and memory is not None and self.verifies_drafts
@@ -359,10 +363,11 @@ class TokenLoopBackend:
         A prompt cut at the cursor often ends at a token boundary training never showed:
         mid-word ("valu" as " val" + "u", where training saw " value") or in
         indentation ("\n    " where training merged the spaces with the code after
-        them). The last token, or the whole run of trailing whitespace tokens, is taken
-        off; generation must then re-create that text (``_healing_mask``), which the
-        suggestion does not repeat. Returns the ids and the text taken off ("" when
-        nothing was).
+        them). The last token with every token of the word it ends (" val" + "u", not
+        "u" alone: " val" + "ue" is no more familiar), or the whole run of trailing
+        whitespace tokens, is taken off, at most ``MAX_HEALED_TOKENS``; generation must
+        then re-create that text (``_healing_mask``), which the suggestion does not
+        repeat. Returns the ids and the text taken off ("" when nothing was).
         """
         if not self._heals_cleanly():
             return ids, ""
@@ -377,7 +382,14 @@ class TokenLoopBackend:
         ):
             end -= 1
         if end == len(ids) and end > floor and ids[-1] not in self._special_ids:
-            end -= 1  # not whitespace: heal the last token alone
+            end -= 1  # not whitespace: the last token, and the rest of its word
+            while (
+                end > floor
+                and len(ids) - end < MAX_HEALED_TOKENS
+                and ids[end - 1] not in self._special_ids
+                and _inside_word(texts[ids[end - 1]], texts[ids[end]])
+            ):
+                end -= 1
         target = "".join(texts[i] for i in ids[end:])
         if not target or REPLACEMENT_CHAR in target or not self._healing_mask(target, "").any():
             return ids, ""  # nothing to heal, or bytes of a character the text cannot name
@@ -540,6 +552,21 @@ def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generato
         probs[order[~outside]] = sorted_probs[~outside]
         probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))
+
+
+def _unhealed(before: str, target: str) -> str:
+    """The document's text before the cursor without the text healing took off: left in,
+    the open file itself would predict the very token boundary healing avoids."""
+    return before[: len(before) - len(target)] if target and before.endswith(target) else before
+
+
+def _inside_word(left: str, right: str) -> bool:
+    """Do two adjacent tokens' texts meet inside a word ("el" + "s" of "els")?"""
+    return bool(left[-1:]) and _is_word_char(left[-1]) and bool(right) and _is_word_char(right[0])
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
 
 
 def heals(text: str, target: str, blank: bool) -> bool:
