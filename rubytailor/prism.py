@@ -150,6 +150,12 @@ class Prism:
                     f"Prism failed on a {len(encoded)}-byte document ({cause}); "
                     "it was not syntax-checked"
                 ) from exc
+            except PrismError:
+                # Output that cannot be read means the instance is damaged too (seen: deep
+                # error recovery overflowing prism.wasm's stack left a NULL output buffer,
+                # and the next documents trapped), so it is not used again.
+                self._instantiate()
+                raise
             finally:
                 if self._memory.data_len(self._store) > MAX_RETAINED_MEMORY:
                     logger.debug("recreating the Prism instance to release its memory")

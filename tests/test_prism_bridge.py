@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,26 @@ def test_a_trap_raises_prism_error_and_the_next_call_works(prism: Prism) -> None
     errors = prism.errors("def foo(")
     assert any("`)`" in e.message for e in errors)
     assert prism.is_valid("puts 1\n")
+
+
+def test_unreadable_output_retires_the_instance(
+    prism: Prism, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output Prism cannot have written whole (a real case: error recovery deep enough to
+    overflow prism.wasm's stack left a NULL output buffer, and later documents trapped)
+    means a damaged instance: the next document gets a fresh one."""
+    import rubytailor.prism as bridge
+
+    def unreadable(data: bytes) -> list[Any]:
+        raise PrismError("prism.wasm returned output in an unknown format")
+
+    before = prism._store
+    with monkeypatch.context() as patch:
+        patch.setattr(bridge, "_read_diagnostics", unreadable)
+        with pytest.raises(PrismError, match="unknown format"):
+            prism.errors("puts 1\n")
+    assert prism._store is not before
+    assert prism.is_valid("puts 1\n") and not prism.is_valid("def foo(")
 
 
 def test_two_threads_get_their_own_results(prism: Prism) -> None:
