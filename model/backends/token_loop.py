@@ -149,11 +149,7 @@ class TokenLoopBackend:
         pending = ids[stats.reused_tokens :]
         rng = np.random.default_rng(params.seed) if params.temperature > 0 else None
         memory = params.memory
-        document = (
-            self._document_source(_unhealed(memory.before, target), memory.after)
-            if memory
-            else None
-        )
+        document = self._document_source(memory, target) if memory else None
         decoder = IncrementalDecoder(self._decode, ids[-DECODE_CONTEXT_TOKENS:])
         stats.stopped_by = "caller"  # unless the loop ends some other way
         drafting = params.temperature <= 0 and memory is not None and self.verifies_drafts
@@ -270,12 +266,11 @@ class TokenLoopBackend:
         """Evaluate the prompt ``stream`` would evaluate, all but its last token (``stream``
         needs that one's logits), ``prefill_batch`` tokens at a time; see ``Prefills``."""
         ids = self._encode_prompt(prompt, params)
-        if params.token_healing:
-            ids, _ = self._heal(ids)
+        ids, target = self._heal(ids) if params.token_healing else (ids, "")
         pending = ids[self._reuse_cache(ids) : len(ids) - 1]
         memory = params.memory
         if memory is not None:
-            self._document_source(memory.before, memory.after)  # keeps the encodings
+            self._document_source(memory, target)  # keeps the encodings
         done = 0
         try:
             for start in range(0, len(pending), self.prefill_batch):
@@ -336,15 +331,21 @@ class TokenLoopBackend:
         self.reset_cache()
         return again
 
-    def _document_source(self, before: str, after: str) -> DocumentSource:
+    def _document_source(self, memory: MemoryRequest, healed: str) -> DocumentSource:
         """The open document's token ids around the cursor, for the project memory.
 
-        The text above the cursor line is encoded apart from the cursor line, so while
-        the user types on one line only that line is encoded again.
+        The text healing took off (``healed``) is left out: left in, the open file would
+        predict the very token boundary healing avoids. The text above the cursor line
+        is encoded apart from the cursor line, so while the user types on one line only
+        that line is encoded again.
         """
+        before = memory.before
+        if healed and before.endswith(healed):
+            before = before[: len(before) - len(healed)]
         cut = before.rfind("\n") + 1
         return DocumentSource(
-            self._encode_kept(before[:cut]) + self._encode(before[cut:]), self._encode_kept(after)
+            self._encode_kept(before[:cut]) + self._encode(before[cut:]),
+            self._encode_kept(memory.after),
         )
 
     def _encode_kept(self, text: str) -> list[int]:
@@ -552,12 +553,6 @@ def choose(logits: np.ndarray, params: GenerationParams, rng: np.random.Generato
         probs[order[~outside]] = sorted_probs[~outside]
         probs /= probs.sum()
     return int(rng.choice(len(probs), p=probs))
-
-
-def _unhealed(before: str, target: str) -> str:
-    """The document's text before the cursor without the text healing took off: left in,
-    the open file itself would predict the very token boundary healing avoids."""
-    return before[: len(before) - len(target)] if target and before.endswith(target) else before
 
 
 def _inside_word(left: str, right: str) -> bool:
