@@ -128,6 +128,19 @@ def mix(probs: npt.NDArray[np.floating], matches: Sequence[Match]) -> tuple[np.n
     return mixed, share
 
 
+def target_share(matches: Sequence[Match], token: int) -> tuple[float, float]:
+    """``mix``'s memory part for one token: (sum w, sum w * p_source(token)), so that the
+    mixed probability of ``token`` is ``(1 - sum w) * p_model(token) + the second``."""
+    weights = source_weights(matches)
+    mass = 0.0
+    for match, weight in zip(matches, weights, strict=True):
+        if weight > 0:
+            at = np.searchsorted(match.next_ids, token)  # next_ids ascend
+            if at < len(match.next_ids) and match.next_ids[at] == token:
+                mass += weight * float(match.counts[at]) / float(match.counts.sum())
+    return sum(weights), mass
+
+
 def _reversed_tail(context: TokenIds, max_len: int) -> list[int]:
     """The context's last ``max_len`` tokens, most recent first."""
     tail = [int(t) for t in context[-max_len:]] if max_len > 0 else []

@@ -19,20 +19,28 @@ import json
 import logging
 import resource
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rubytailor.errors import ConfigError, ModelError
 from rubytailor.model.backends import ADAPTER_DIR, MERGED_DIR, ModelMetadata
 from rubytailor.model.backends.model_dir import model_id
 from rubytailor.model.fim import get_format
 from rubytailor.personalization.holdout import Split
-from rubytailor.training.fim_dataset import FimConfig, make_examples, write_token_file
+from rubytailor.personalization.memory_loss import MemoryTargets, newline_ids
+from rubytailor.training.fim_dataset import (
+    MEMORY_TARGETS,
+    Example,
+    FimConfig,
+    make_examples,
+    write_token_file,
+)
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Progress = Callable[[dict[str, Any]], None]
 Files = Sequence[tuple[str, str]]
 
@@ -57,6 +65,9 @@ class AdapterConfig:
     rehearsal_share: float = 0.3
     # KL(base || adapted) added to the loss, times this (training/trainer.py); 0: off.
     kl_weight: float = 0.0
+    # Train on the loss of the model mixed with the project memory, as it is served
+    # (personalization/memory_loss.py).
+    memory_loss: bool = False
     threads: int = 1
     # The trainer stops (after a checkpoint) when its peak RSS passes this.
     max_rss_mb: int = 3072
@@ -94,15 +105,38 @@ def prepare_data(
         raise ConfigError("the project has no training files after the hold-out split")
 
     general = rehearsal_texts(texts, rehearse, config)
+    # Every text the passes cut, as (key, text) by Example.source; general Ruby has no key.
+    sources: list[tuple[str | None, str]] = []
 
-    def passes() -> Any:
+    def passes() -> Iterator[Example]:
         for n in range(config.fim_passes):
             fim = replace(config.fim, seed=config.seed + n)
             # Interleaved file by file, so every part of the run sees both kinds.
-            yield from make_examples(_interleave(texts, general[n]), fmt, fim)
+            project: list[tuple[str | None, str]] = list(split.train_files)
+            rehearsed: list[tuple[str | None, str]] = [(None, t) for t in general[n]]
+            cut = _interleave(project, rehearsed)
+            offset = len(sources)
+            sources.extend(cut)
+            for example in make_examples([t for _, t in cut], fmt, fim):
+                yield replace(example, source=offset + example.source)
 
     meta = {"fim": asdict(config.fim), "fim_passes": config.fim_passes, "files": len(texts)}
-    total = write_token_file(passes(), encode_batch, out_dir / "train.bin", meta)
+    train_bin = out_dir / "train.bin"
+    if config.memory_loss:
+        from rubytailor.lsp.workspace_memory import memory_of
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / MEMORY_TARGETS).open("wb") as fh:
+            hook = MemoryTargets(
+                memory_of(model_dir, split.train_files),
+                sources,
+                lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+                newline_ids(tokenizer.decode, tokenizer.get_vocab_size()),
+                fh,
+            )
+            total = write_token_file(passes(), encode_batch, train_bin, meta, hook)
+    else:
+        total = write_token_file(passes(), encode_batch, train_bin, meta)
     held = [text for _, text in split.eval_files]
     if held:
         examples = make_examples(held, fmt, replace(config.fim, seed=config.seed + 1000))
@@ -134,11 +168,11 @@ def rehearsal_texts(project: list[str], rehearse: Files, config: AdapterConfig) 
     return out
 
 
-def _interleave(a: list[str], b: list[str]) -> list[str]:
+def _interleave(a: list[T], b: list[T]) -> list[T]:
     """a and b merged evenly (b's items spread among a's)."""
     if not b:
         return a
-    merged: list[tuple[float, str]] = [(i / len(a), t) for i, t in enumerate(a)]
+    merged: list[tuple[float, T]] = [(i / len(a), t) for i, t in enumerate(a)]
     merged += [((j + 0.5) / len(b), t) for j, t in enumerate(b)]
     return [t for _, t in sorted(merged, key=lambda x: x[0])]
 
@@ -156,7 +190,7 @@ def train_adapter(
 
     run_dir = work_dir / f"run-{run_key(model_dir, split, config, rehearse)}"
     data_dir = run_dir / "data"
-    if not (data_dir / "train.json").is_file():  # written last: the data is complete
+    if not _data_complete(data_dir, config):
         tokens = prepare_data(split, model_dir, data_dir, config, rehearse)
         log.info("training data: %d tokens from %d files", tokens, len(split.train_files))
     context = _context_length(model_dir)
@@ -168,6 +202,7 @@ def train_adapter(
         lora_alpha=config.lora_alpha,
         lora_targets=config.lora_targets,
         kl_weight=config.kl_weight,
+        memory_loss=config.memory_loss,
         seq_len=context,
         batch_size=batch_size(config, context),
         lr=config.lr,
@@ -202,6 +237,19 @@ def train_adapter(
     return run_dir
 
 
+def _data_complete(data_dir: Path, config: AdapterConfig) -> bool:
+    """Whether prepare_data finished there: train.json is written last, after the memory
+    targets (flushed batch by batch) when the run uses them."""
+    meta = data_dir / "train.json"
+    if not meta.is_file():
+        return False
+    if not config.memory_loss:
+        return True
+    tokens = int(json.loads(meta.read_text(encoding="utf-8"))["tokens"])
+    targets = data_dir / MEMORY_TARGETS
+    return targets.is_file() and targets.stat().st_size == tokens * 8  # two float32
+
+
 def write_adapter(run_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
     """The run's adapter into ``out``: ``adapter/`` (peft) and ``merged/`` (a complete fp16
     model directory with the adapter merged in). Returns facts for the version's info."""
@@ -228,6 +276,7 @@ def write_adapter(run_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
         "lora_r": config.lora_r,
         "lora_targets": config.lora_targets,
         "kl_weight": config.kl_weight,
+        "memory_loss": config.memory_loss,
         "steps": state["step"],
         "tokens_seen": state["tokens_seen"],
         "train_minutes": round(state["elapsed_s"] / 60, 2),

@@ -55,6 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=d.kl_weight,
         help="weight of KL(base || adapted) in the loss (0: off)",
     )
+    p.add_argument(
+        "--memory-loss",
+        action=argparse.BooleanOptionalAction,
+        default=d.memory_loss,
+        help="train on the loss of the model mixed with the project memory, as served",
+    )
     p.add_argument("--fim-rate", type=float, default=d.fim.fim_rate)
     p.add_argument("--line-middle-rate", type=float, default=d.fim.line_middle_rate)
     p.add_argument("--cases", type=int, default=300, help="held-out project cases")
@@ -158,6 +164,7 @@ def _personalize(root: Path, args: argparse.Namespace) -> int:
         lr=args.lr,
         rehearsal_share=args.rehearsal_share,
         kl_weight=args.kl_weight,
+        memory_loss=args.memory_loss,
         fim=replace(
             AdapterConfig().fim, fim_rate=args.fim_rate, line_middle_rate=args.line_middle_rate
         ),

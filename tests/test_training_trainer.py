@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,3 +168,41 @@ def test_learned_positions_extend_to_a_longer_context_without_changing_earlier_o
     # And training runs at the longer length.
     state = train(replace(config, max_steps=3))
     assert state.step == 3
+
+
+def test_the_memory_loss_is_the_mixtures_negative_log_likelihood(tmp_path: Path) -> None:
+    model = trainer_mod.build_model(_config(tmp_path, "mem"))
+    batch = torch.randint(0, 48, (2, SEQ + 1))
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(input_ids=batch[:, :-1]).logits.float(), dim=-1)
+        p = log_p.gather(-1, batch[:, 1:, None]).squeeze(-1).exp()
+    silent = torch.zeros(2, SEQ, 2)
+    plain = trainer_mod._loss(model, batch)
+    assert trainer_mod._loss(model, batch, memory=silent).item() == pytest.approx(plain.item())
+    weight = torch.rand(2, SEQ) * 0.9
+    share = weight * torch.rand(2, SEQ)
+    share[0, :4] = 0.0  # the memory gives the true token nothing there
+    memory = torch.stack([weight, share], dim=-1)
+    want = -torch.log((1 - weight) * p + share).mean()
+    assert trainer_mod._loss(model, batch, memory=memory).item() == pytest.approx(want.item())
+
+
+def test_a_memory_loss_run_needs_targets_that_match_its_tokens(tmp_path: Path) -> None:
+    from rubytailor.errors import ConfigError
+    from rubytailor.training.fim_dataset import MEMORY_TARGETS
+
+    config = _config(tmp_path, "mem", memory_loss=True, max_steps=10)
+    with pytest.raises(ConfigError, match="needs"):
+        train(config)
+    tokens = np.fromfile(config.data_dir / "train.bin", dtype=np.uint16)
+    targets = config.data_dir / MEMORY_TARGETS
+    np.zeros((tokens.size - 1, 2), dtype=np.float32).tofile(targets)
+    with pytest.raises(ConfigError, match="does not match"):
+        train(config)
+    # The memory is sure of every token after a 6: the run gets no gradient there.
+    pairs = np.zeros((tokens.size, 2), dtype=np.float32)
+    after_six = np.flatnonzero(tokens[:-1] == 6) + 1
+    pairs[after_six] = 0.9
+    pairs.tofile(targets)
+    state = train(config)
+    assert state.step == 10 and all(math.isfinite(h["loss"]) for h in state.history if "loss" in h)

@@ -38,6 +38,8 @@ from rubytailor.model.prompt import assemble, training_text
 log = logging.getLogger(__name__)
 
 BatchEncoder = Callable[[list[str]], list[list[int]]]
+Encoded = tuple[list[int], list[int]]  # an example's prompt ids, completion ids
+IdsHook = Callable[[list["Example"], list[Encoded]], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +94,10 @@ class Example:
 
     prompt: str  # the serving prompt ("" for plain text)
     completion: str  # what the model writes after it
+    source: int = -1  # index of the text it was cut from
+    # A FIM example's middle as offsets into that text (the cursor and where the suffix
+    # starts): the document around the cursor, for personalization/memory_loss.py.
+    middle: tuple[int, int] | None = None
 
     @property
     def text(self) -> str:
@@ -101,26 +107,41 @@ class Example:
 def make_examples(texts: Iterable[str], fmt: FimFormat, config: FimConfig) -> Iterator[Example]:
     """Training examples for ``texts``, deterministic for a given ``config.seed``."""
     rng = random.Random(config.seed)
-    for text in texts:
+    for i, text in enumerate(texts):
         chunks = chunk_lines(text, config.chunk_chars)
+        at = 0  # the chunk's offset in the text
         for n, chunk in enumerate(chunks):
             if rng.random() < config.fim_rate:
                 prefix, middle, suffix = fim_split(chunk, rng, config.line_middle_rate)
                 order: FimOrder = "spm" if rng.random() < config.spm_rate else "psm"
                 full = training_text(prefix, middle, suffix, fmt, order)
                 prompt = assemble(prefix, suffix, fmt, order)
-                yield Example(prompt=prompt, completion=full[len(prompt) :])
+                cursor = at + len(prefix)
+                yield Example(
+                    prompt=prompt,
+                    completion=full[len(prompt) :],
+                    source=i,
+                    middle=(cursor, cursor + len(middle)),
+                )
             else:
                 # Plain chunks of one file run on into each other: end-of-text only at its end.
                 yield Example(
-                    prompt="", completion=chunk + (fmt.eos[0] if n == len(chunks) - 1 else "")
+                    prompt="",
+                    completion=chunk + (fmt.eos[0] if n == len(chunks) - 1 else ""),
+                    source=i,
                 )
+            at += len(chunk)
 
 
 def write_token_file(
-    examples: Iterable[Example], encode_batch: BatchEncoder, out: Path, meta: dict[str, object]
+    examples: Iterable[Example],
+    encode_batch: BatchEncoder,
+    out: Path,
+    meta: dict[str, object],
+    on_ids: IdsHook | None = None,
 ) -> int:
-    """Tokenize ``examples`` into ``out`` (.bin, uint16); returns the number of tokens."""
+    """Tokenize ``examples`` into ``out`` (.bin, uint16); returns the number of tokens.
+    ``on_ids`` sees each batch of examples with their ids, in file order."""
     out.parent.mkdir(parents=True, exist_ok=True)
     total = 0
     with out.open("wb") as fh:
@@ -128,26 +149,35 @@ def write_token_file(
         for example in examples:
             batch.append(example)
             if len(batch) >= 512:
-                total += _flush(batch, encode_batch, fh)
+                total += _flush(batch, encode_batch, fh, on_ids)
                 batch = []
         if batch:
-            total += _flush(batch, encode_batch, fh)
+            total += _flush(batch, encode_batch, fh, on_ids)
     meta = {**meta, "tokens": total, "dtype": "uint16"}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %d tokens to %s", total, out)
     return total
 
 
-def example_ids(examples: list[Example], encode_batch: BatchEncoder) -> list[list[int]]:
-    """Token ids of each example: its prompt and its completion encoded separately."""
+def encode_examples(examples: list[Example], encode_batch: BatchEncoder) -> list[Encoded]:
+    """Each example's prompt ids and completion ids, encoded separately."""
     prompts = encode_batch([e.prompt for e in examples])
     completions = encode_batch([e.completion for e in examples])
-    return [p + c for p, c in zip(prompts, completions, strict=True)]
+    return list(zip(prompts, completions, strict=True))
 
 
-def _flush(batch: list[Example], encode_batch: BatchEncoder, fh: BinaryIO) -> int:
-    ids = example_ids(batch, encode_batch)
-    flat = np.fromiter((i for seq in ids for i in seq), dtype=np.uint16)
+def example_ids(examples: list[Example], encode_batch: BatchEncoder) -> list[list[int]]:
+    """Token ids of each example: its prompt and its completion encoded separately."""
+    return [p + c for p, c in encode_examples(examples, encode_batch)]
+
+
+def _flush(
+    batch: list[Example], encode_batch: BatchEncoder, fh: BinaryIO, on_ids: IdsHook | None
+) -> int:
+    encoded = encode_examples(batch, encode_batch)
+    if on_ids is not None:
+        on_ids(batch, encoded)
+    flat = np.fromiter((i for p, c in encoded for i in (*p, *c)), dtype=np.uint16)
     fh.write(flat.tobytes())
     return int(flat.size)
 
@@ -155,6 +185,16 @@ def _flush(batch: list[Example], encode_batch: BatchEncoder, fh: BinaryIO) -> in
 def load_tokens(path: Path) -> np.ndarray:
     """The packed token stream of one split, memory-mapped read-only."""
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+# Beside train.bin: the project memory's (W, Q) for each of its tokens, float32 pairs
+# (personalization/memory_loss.py), for the trainer's ``memory_loss``.
+MEMORY_TARGETS = "train.memory.bin"
+
+
+def load_memory_targets(path: Path) -> np.ndarray:
+    """(tokens, 2) float32, memory-mapped read-only."""
+    return np.memmap(path, dtype=np.float32, mode="r").reshape(-1, 2)
 
 
 def config_dict(config: FimConfig) -> dict[str, object]:

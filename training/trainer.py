@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from rubytailor.errors import ConfigError
-from rubytailor.training.fim_dataset import load_tokens
+from rubytailor.training.fim_dataset import MEMORY_TARGETS, load_memory_targets, load_tokens
 from rubytailor.training.plot import write_loss_png
 
 if TYPE_CHECKING:
@@ -69,6 +69,9 @@ class TrainConfig:
     # base being the same model with the adapter switched off (one more forward pass,
     # no gradient), so the adapter learns the data without moving the model elsewhere.
     kl_weight: float = 0.0
+    # Loss of the model mixed with the project memory, -log((1 - W) p + Q), from the
+    # (W, Q) pairs in MEMORY_TARGETS beside train.bin (personalization/memory_loss.py).
+    memory_loss: bool = False
     seq_len: int = 256
     batch_size: int = 16  # per rank, per optimizer step
     lr: float = 1e-3
@@ -127,6 +130,12 @@ def window_ids(
 def get_batch(tokens: np.ndarray, ids: list[int], seq_len: int) -> torch.Tensor:
     """(batch, seq_len + 1) int64: window i is tokens[i*seq_len : (i+1)*seq_len + 1]."""
     rows = [np.asarray(tokens[i * seq_len : (i + 1) * seq_len + 1], dtype=np.int64) for i in ids]
+    return torch.from_numpy(np.stack(rows))
+
+
+def get_memory_batch(targets: np.ndarray, ids: list[int], seq_len: int) -> torch.Tensor:
+    """(batch, seq_len, 2) float32: the (W, Q) of the tokens window i predicts."""
+    rows = [np.asarray(targets[i * seq_len + 1 : (i + 1) * seq_len + 1]) for i in ids]
     return torch.from_numpy(np.stack(rows))
 
 
@@ -194,11 +203,22 @@ def extend_positions(model: torch.nn.Module, n_positions: int) -> None:
     log.info("extended the learned positions from %d to %d", have, n_positions)
 
 
-def _loss(model: torch.nn.Module, batch: torch.Tensor, kl_weight: float = 0.0) -> torch.Tensor:
-    # batch: (B, T+1); predict tokens 1..T from 0..T-1.
+def _loss(
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    kl_weight: float = 0.0,
+    memory: torch.Tensor | None = None,
+) -> torch.Tensor:
+    # batch: (B, T+1); predict tokens 1..T from 0..T-1. memory: (B, T, 2) or None.
     logits = model(input_ids=batch[:, :-1]).logits.float()  # (B, T, V)
     flat = logits.reshape(-1, logits.size(-1))
-    loss = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
+    if memory is None:
+        loss = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
+    else:
+        log_p = -F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
+        weight, share = memory.reshape(-1, 2).unbind(-1)
+        # log((1 - W) p + Q); where Q is 0, log(0) = -inf leaves log((1 - W) p).
+        loss = -torch.logaddexp(torch.log1p(-weight) + log_p, torch.log(share)).mean()
     if kl_weight > 0:
         with torch.no_grad(), _without_adapter(model):
             base = model(input_ids=batch[:, :-1]).logits.float().reshape(-1, logits.size(-1))
@@ -245,6 +265,14 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
     if val_path.is_file() and (val_tokens is None or len(val_tokens) <= config.seq_len):
         log.warning("%s is shorter than one window; no validation loss", val_path)
         val_tokens = None
+    memory_targets = None
+    if config.memory_loss:
+        path = config.data_dir / MEMORY_TARGETS
+        if not path.is_file():
+            raise ConfigError(f"memory_loss needs {path} (personalization/memory_loss.py)")
+        memory_targets = load_memory_targets(path)
+        if len(memory_targets) != len(train_tokens):
+            raise ConfigError(f"{path} does not match train.bin: {len(memory_targets)} tokens")
     n_windows = (len(train_tokens) - 1) // config.seq_len
     if n_windows < 1:
         raise ConfigError(f"{config.data_dir}/train.bin is shorter than one window.")
@@ -310,8 +338,13 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
             group["lr"] = lr
         ids = window_ids(state.step, config.batch_size, rank, world, n_windows, config.seed)
         batch = get_batch(train_tokens, ids, config.seq_len).to(device)
+        memory = (
+            None
+            if memory_targets is None
+            else get_memory_batch(memory_targets, ids, config.seq_len).to(device)
+        )
         with autocast:
-            loss = _loss(train_model, batch, config.kl_weight)
+            loss = _loss(train_model, batch, config.kl_weight, memory)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
