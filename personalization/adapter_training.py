@@ -130,7 +130,7 @@ def prepare_data(
             hook = MemoryTargets(
                 memory_of(model_dir, split.train_files),
                 sources,
-                lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+                lambda text: encode_batch([text])[0],
                 newline_ids(tokenizer.decode, tokenizer.get_vocab_size()),
                 fh,
             )

@@ -78,10 +78,10 @@ class MemoryTargets:
             document = DocumentSource(self._encode(text[:start]), self._encode(text[end:]))
         anchor: int | None = len(prompt)
         for k in range(1, len(ids)):
-            start = max(0, k - MAX_MATCH_LEN)  # the lookup reads no further back
-            context = ids[start:k]
+            first = max(0, k - MAX_MATCH_LEN)  # the lookup reads no further back
+            context = ids[first:k]
             if document is not None and k >= len(prompt):
-                rel = None if anchor is None else anchor - start
+                rel = None if anchor is None else anchor - first
                 matches = self._memory.lookup(context, key, document, rel)
                 if ids[k] in self._newline_ids:
                     anchor = None
