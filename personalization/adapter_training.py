@@ -20,6 +20,7 @@ import logging
 import resource
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,9 +32,13 @@ from rubytailor.model.fim import get_format
 from rubytailor.personalization.holdout import Split
 from rubytailor.personalization.memory_loss import MemoryTargets, newline_ids
 from rubytailor.training.fim_dataset import (
+    LOSS_WEIGHTS,
     MEMORY_TARGETS,
+    Encoded,
     Example,
     FimConfig,
+    IdsHook,
+    PromptWeights,
     make_examples,
     write_token_file,
 )
@@ -68,6 +73,9 @@ class AdapterConfig:
     # Train on the loss of the model mixed with the project memory, as it is served
     # (personalization/memory_loss.py).
     memory_loss: bool = False
+    # Weight of a FIM prompt's tokens (prefix and suffix) in the loss against 1 for the
+    # middle the model writes and for plain text; 1.0: plain cross-entropy everywhere.
+    prompt_weight: float = 1.0
     threads: int = 1
     # The trainer stops (after a checkpoint) when its peak RSS passes this.
     max_rss_mb: int = 3072
@@ -121,22 +129,25 @@ def prepare_data(
                 yield replace(example, source=offset + example.source)
 
     meta = {"fim": asdict(config.fim), "fim_passes": config.fim_passes, "files": len(texts)}
-    train_bin = out_dir / "train.bin"
-    if config.memory_loss:
-        from rubytailor.lsp.workspace_memory import memory_of
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as files:
+        hooks: list[IdsHook] = []
+        if config.memory_loss:
+            from rubytailor.lsp.workspace_memory import memory_of
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / MEMORY_TARGETS).open("wb") as fh:
-            hook = MemoryTargets(
-                memory_of(model_dir, split.train_files),
-                sources,
-                lambda text: encode_batch([text])[0],
-                newline_ids(tokenizer.decode, tokenizer.get_vocab_size()),
-                fh,
+            hooks.append(
+                MemoryTargets(
+                    memory_of(model_dir, split.train_files),
+                    sources,
+                    lambda text: encode_batch([text])[0],
+                    newline_ids(tokenizer.decode, tokenizer.get_vocab_size()),
+                    files.enter_context((out_dir / MEMORY_TARGETS).open("wb")),
+                )
             )
-            total = write_token_file(passes(), encode_batch, train_bin, meta, hook)
-    else:
-        total = write_token_file(passes(), encode_batch, train_bin, meta)
+        if config.prompt_weight != 1.0:
+            out = files.enter_context((out_dir / LOSS_WEIGHTS).open("wb"))
+            hooks.append(PromptWeights(config.prompt_weight, out))
+        total = write_token_file(passes(), encode_batch, out_dir / "train.bin", meta, _all(hooks))
     held = [text for _, text in split.eval_files]
     if held:
         examples = make_examples(held, fmt, replace(config.fim, seed=config.seed + 1000))
@@ -166,6 +177,18 @@ def rehearsal_texts(project: list[str], rehearse: Files, config: AdapterConfig) 
             size += len(text)
         out.append(picked)
     return out
+
+
+def _all(hooks: list[IdsHook]) -> IdsHook | None:
+    """One ``on_ids`` hook that calls each of ``hooks`` in turn."""
+    if not hooks:
+        return None
+
+    def call(batch: list[Example], encoded: list[Encoded]) -> None:
+        for hook in hooks:
+            hook(batch, encoded)
+
+    return call
 
 
 def _interleave(a: list[T], b: list[T]) -> list[T]:
@@ -203,6 +226,7 @@ def train_adapter(
         lora_targets=config.lora_targets,
         kl_weight=config.kl_weight,
         memory_loss=config.memory_loss,
+        loss_weights=config.prompt_weight != 1.0,
         seq_len=context,
         batch_size=batch_size(config, context),
         lr=config.lr,
@@ -239,15 +263,18 @@ def train_adapter(
 
 def _data_complete(data_dir: Path, config: AdapterConfig) -> bool:
     """Whether prepare_data finished there: train.json is written last, after the memory
-    targets (flushed batch by batch) when the run uses them."""
+    targets and loss weights (flushed batch by batch) when the run uses them."""
     meta = data_dir / "train.json"
     if not meta.is_file():
         return False
-    if not config.memory_loss:
-        return True
     tokens = int(json.loads(meta.read_text(encoding="utf-8"))["tokens"])
-    targets = data_dir / MEMORY_TARGETS
-    return targets.is_file() and targets.stat().st_size == tokens * 8  # two float32
+    needed = {MEMORY_TARGETS: 8 if config.memory_loss else 0}  # bytes per token
+    needed[LOSS_WEIGHTS] = 4 if config.prompt_weight != 1.0 else 0
+    for name, size in needed.items():
+        path = data_dir / name
+        if size and not (path.is_file() and path.stat().st_size == tokens * size):
+            return False
+    return True
 
 
 def write_adapter(run_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
@@ -277,6 +304,7 @@ def write_adapter(run_dir: Path, model_dir: Path, out: Path) -> dict[str, Any]:
         "lora_targets": config.lora_targets,
         "kl_weight": config.kl_weight,
         "memory_loss": config.memory_loss,
+        "loss_weights": config.loss_weights,
         "steps": state["step"],
         "tokens_seen": state["tokens_seen"],
         "train_minutes": round(state["elapsed_s"] / 60, 2),

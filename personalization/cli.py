@@ -61,6 +61,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=d.memory_loss,
         help="train on the loss of the model mixed with the project memory, as served",
     )
+    p.add_argument(
+        "--prompt-weight",
+        type=float,
+        default=d.prompt_weight,
+        help="loss weight of FIM prompt tokens against the middle's 1 (1: plain)",
+    )
     p.add_argument("--fim-rate", type=float, default=d.fim.fim_rate)
     p.add_argument("--line-middle-rate", type=float, default=d.fim.line_middle_rate)
     p.add_argument("--cases", type=int, default=300, help="held-out project cases")
@@ -165,6 +171,7 @@ def _personalize(root: Path, args: argparse.Namespace) -> int:
         rehearsal_share=args.rehearsal_share,
         kl_weight=args.kl_weight,
         memory_loss=args.memory_loss,
+        prompt_weight=args.prompt_weight,
         fim=replace(
             AdapterConfig().fim, fim_rate=args.fim_rate, line_middle_rate=args.line_middle_rate
         ),

@@ -21,7 +21,14 @@ from rubytailor.personalization.adapter_training import (
 )
 from rubytailor.personalization.holdout import Split
 from rubytailor.personalization.memory_loss import MemoryTargets, newline_ids
-from rubytailor.training.fim_dataset import MEMORY_TARGETS, Example, load_memory_targets
+from rubytailor.training.fim_dataset import (
+    LOSS_WEIGHTS,
+    MEMORY_TARGETS,
+    Example,
+    PromptWeights,
+    load_loss_weights,
+    load_memory_targets,
+)
 
 SHARED = "class Invoice\n  def total_amount\n    lines.sum(&:amount)\n  end\nend\n"
 
@@ -130,3 +137,34 @@ def test_prepare_data_writes_one_pair_per_token_and_knows_when_it_is_complete(
     (out / MEMORY_TARGETS).write_bytes(data[:-8])  # a run killed while writing
     assert not _data_complete(out, config)
     assert _data_complete(out, AdapterConfig(fim_passes=2))  # a plain run needs no targets
+
+
+def test_prompt_weights_weigh_the_fim_prompt_and_stay_complete_with_the_memory_targets(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    split = Split(
+        method="mtime",
+        train_files=[(f"/p/app/m{n}.rb", SHARED * 3) for n in range(4)],
+        eval_files=[],
+        cases=[],
+        detail={},
+    )
+    config = AdapterConfig(fim_passes=2, memory_loss=True, prompt_weight=0.25)
+    out = tmp_path / "data"
+    total = prepare_data(split, tiny_model_dir, out, config)
+    weights = load_loss_weights(out / LOSS_WEIGHTS)
+    assert len(weights) == total == len(load_memory_targets(out / MEMORY_TARGETS))
+    assert set(np.unique(weights)) == {0.25, 1.0}
+    # Token by token: a FIM example's prompt weighs 0.25, its middle and plain text 1.
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    fim = Example(prompt="<fim_prefix>def a", completion="(x)<|endoftext|>", source=0)
+    prompt, completion = _ids(tokenizer, fim.prompt), _ids(tokenizer, fim.completion)
+    buffer = io.BytesIO()
+    hook = PromptWeights(0.25, buffer)
+    hook([fim, Example(prompt="", completion="end\n")], [(prompt, completion), ([], [5, 6])])
+    row = np.frombuffer(buffer.getvalue(), dtype=np.float32)
+    assert row.tolist() == [0.25] * len(prompt) + [1.0] * (len(completion) + 2)
+    assert _data_complete(out, config)
+    data = (out / LOSS_WEIGHTS).read_bytes()
+    (out / LOSS_WEIGHTS).write_bytes(data[:-4])  # a run killed while writing
+    assert not _data_complete(out, config)

@@ -206,3 +206,36 @@ def test_a_memory_loss_run_needs_targets_that_match_its_tokens(tmp_path: Path) -
     pairs.tofile(targets)
     state = train(config)
     assert state.step == 10 and all(math.isfinite(h["loss"]) for h in state.history if "loss" in h)
+
+
+def test_loss_weights_give_the_weighted_mean_of_the_token_losses(tmp_path: Path) -> None:
+    model = trainer_mod.build_model(_config(tmp_path, "weights"))
+    batch = torch.randint(0, 48, (2, SEQ + 1))
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(input_ids=batch[:, :-1]).logits.float(), dim=-1)
+        nll = -log_p.gather(-1, batch[:, 1:, None]).squeeze(-1)
+    ones = torch.ones(2, SEQ)
+    plain = trainer_mod._loss(model, batch)
+    assert trainer_mod._loss(model, batch, weights=ones).item() == pytest.approx(plain.item())
+    weights = torch.rand(2, SEQ)
+    weights[1] = 0.0  # the second window's tokens do not count at all
+    want = (nll * weights).sum() / weights.sum()
+    got = trainer_mod._loss(model, batch, weights=weights)
+    assert got.item() == pytest.approx(want.item()) and got.item() != pytest.approx(plain.item())
+
+
+def test_a_weighted_run_needs_weights_that_match_its_tokens(tmp_path: Path) -> None:
+    from rubytailor.errors import ConfigError
+    from rubytailor.training.fim_dataset import LOSS_WEIGHTS
+
+    config = _config(tmp_path, "weighted", loss_weights=True, max_steps=10)
+    with pytest.raises(ConfigError, match="needs"):
+        train(config)
+    tokens = np.fromfile(config.data_dir / "train.bin", dtype=np.uint16)
+    path = config.data_dir / LOSS_WEIGHTS
+    np.ones(tokens.size + 1, dtype=np.float32).tofile(path)
+    with pytest.raises(ConfigError, match="does not match"):
+        train(config)
+    np.where(tokens == 6, 0.0, 1.0).astype(np.float32).tofile(path)
+    state = train(config)
+    assert state.step == 10 and all(math.isfinite(h["loss"]) for h in state.history if "loss" in h)

@@ -197,5 +197,32 @@ def load_memory_targets(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=np.float32, mode="r").reshape(-1, 2)
 
 
+# Beside train.bin: each token's weight in the loss, float32, for the trainer's
+# ``loss_weights`` (personalization/adapter_training.py, ``prompt_weight``).
+LOSS_WEIGHTS = "train.weight.bin"
+
+
+def load_loss_weights(path: Path) -> np.ndarray:
+    """(tokens,) float32, memory-mapped read-only."""
+    return np.memmap(path, dtype=np.float32, mode="r")
+
+
+class PromptWeights:
+    """An ``on_ids`` hook writing each token's loss weight: ``weight`` for a FIM
+    prompt's tokens (the prefix and suffix the server sends), 1 for what the model
+    writes (the middle, end-of-text, plain text)."""
+
+    def __init__(self, weight: float, out: BinaryIO) -> None:
+        self._weight = weight
+        self._out = out
+
+    def __call__(self, batch: list[Example], encoded: list[Encoded]) -> None:
+        for prompt, completion in encoded:
+            row = np.ones(len(prompt) + len(completion), dtype=np.float32)
+            row[: len(prompt)] = self._weight
+            self._out.write(row.tobytes())
+        self._out.flush()  # before the batch's tokens, as MemoryTargets does
+
+
 def config_dict(config: FimConfig) -> dict[str, object]:
     return asdict(config)

@@ -32,7 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from rubytailor.errors import ConfigError
-from rubytailor.training.fim_dataset import MEMORY_TARGETS, load_memory_targets, load_tokens
+from rubytailor.training.fim_dataset import (
+    LOSS_WEIGHTS,
+    MEMORY_TARGETS,
+    load_loss_weights,
+    load_memory_targets,
+    load_tokens,
+)
 from rubytailor.training.plot import write_loss_png
 
 if TYPE_CHECKING:
@@ -72,6 +78,9 @@ class TrainConfig:
     # Loss of the model mixed with the project memory, -log((1 - W) p + Q), from the
     # (W, Q) pairs in MEMORY_TARGETS beside train.bin (personalization/memory_loss.py).
     memory_loss: bool = False
+    # Weigh each predicted token's loss by the float32 in LOSS_WEIGHTS beside train.bin
+    # (a weighted mean): e.g. less weight on FIM prompts than on the middles served.
+    loss_weights: bool = False
     seq_len: int = 256
     batch_size: int = 16  # per rank, per optimizer step
     lr: float = 1e-3
@@ -133,8 +142,9 @@ def get_batch(tokens: np.ndarray, ids: list[int], seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows))
 
 
-def get_memory_batch(targets: np.ndarray, ids: list[int], seq_len: int) -> torch.Tensor:
-    """(batch, seq_len, 2) float32: the (W, Q) of the tokens window i predicts."""
+def get_target_batch(targets: np.ndarray, ids: list[int], seq_len: int) -> torch.Tensor:
+    """(batch, seq_len, ...) float32: the per-token values (memory (W, Q), loss weight)
+    of the tokens window i predicts."""
     rows = [np.asarray(targets[i * seq_len + 1 : (i + 1) * seq_len + 1]) for i in ids]
     return torch.from_numpy(np.stack(rows))
 
@@ -208,17 +218,24 @@ def _loss(
     batch: torch.Tensor,
     kl_weight: float = 0.0,
     memory: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    # batch: (B, T+1); predict tokens 1..T from 0..T-1. memory: (B, T, 2) or None.
+    # batch: (B, T+1); predict tokens 1..T from 0..T-1. memory: (B, T, 2) or None;
+    # weights: (B, T) or None.
     logits = model(input_ids=batch[:, :-1]).logits.float()  # (B, T, V)
     flat = logits.reshape(-1, logits.size(-1))
+    log_p = -F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
     if memory is None:
-        loss = F.cross_entropy(flat, batch[:, 1:].reshape(-1))
+        token_loss = -log_p
     else:
-        log_p = -F.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
-        weight, share = memory.reshape(-1, 2).unbind(-1)
+        mem_weight, share = memory.reshape(-1, 2).unbind(-1)
         # log((1 - W) p + Q); where Q is 0, log(0) = -inf leaves log((1 - W) p).
-        loss = -torch.logaddexp(torch.log1p(-weight) + log_p, torch.log(share)).mean()
+        token_loss = -torch.logaddexp(torch.log1p(-mem_weight) + log_p, torch.log(share))
+    if weights is None:
+        loss = token_loss.mean()
+    else:
+        w = weights.reshape(-1)
+        loss = (token_loss * w).sum() / w.sum().clamp_min(1e-6)
     if kl_weight > 0:
         with torch.no_grad(), _without_adapter(model):
             base = model(input_ids=batch[:, :-1]).logits.float().reshape(-1, logits.size(-1))
@@ -273,6 +290,14 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
         memory_targets = load_memory_targets(path)
         if len(memory_targets) != len(train_tokens):
             raise ConfigError(f"{path} does not match train.bin: {len(memory_targets)} tokens")
+    loss_weights = None
+    if config.loss_weights:
+        path = config.data_dir / LOSS_WEIGHTS
+        if not path.is_file():
+            raise ConfigError(f"loss_weights needs {path} (training/fim_dataset.py)")
+        loss_weights = load_loss_weights(path)
+        if len(loss_weights) != len(train_tokens):
+            raise ConfigError(f"{path} does not match train.bin: {len(loss_weights)} tokens")
     n_windows = (len(train_tokens) - 1) // config.seq_len
     if n_windows < 1:
         raise ConfigError(f"{config.data_dir}/train.bin is shorter than one window.")
@@ -338,13 +363,14 @@ def train(config: TrainConfig, on_record: ProgressHook | None = None) -> TrainSt
             group["lr"] = lr
         ids = window_ids(state.step, config.batch_size, rank, world, n_windows, config.seed)
         batch = get_batch(train_tokens, ids, config.seq_len).to(device)
-        memory = (
-            None
-            if memory_targets is None
-            else get_memory_batch(memory_targets, ids, config.seq_len).to(device)
-        )
+        memory: torch.Tensor | None = None
+        weights: torch.Tensor | None = None
+        if memory_targets is not None:
+            memory = get_target_batch(memory_targets, ids, config.seq_len).to(device)
+        if loss_weights is not None:
+            weights = get_target_batch(loss_weights, ids, config.seq_len).to(device)
         with autocast:
-            loss = _loss(train_model, batch, config.kl_weight, memory)
+            loss = _loss(train_model, batch, config.kl_weight, memory, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
